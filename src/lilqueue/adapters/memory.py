@@ -1,0 +1,227 @@
+"""``memory://[NAME]``: an in-process backend for users' own tests. Nothing persists.
+
+It keeps every promise the real backends keep (priority, delay, TTR leases, touch,
+hold with reason, kick, stats, peek, blocking reserve) so a test written against it
+behaves the same on a server. Every ``App`` in the process using the same URL shares
+one broker, whatever thread it runs in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar, Literal
+
+from lilqueue.adapters.base import (
+    Adapter,
+    Capabilities,
+    HeldJob,
+    Job,
+    Peeked,
+    PeekState,
+    QueueStats,
+    native,
+)
+from lilqueue.errors import ConfigError
+
+State = Literal["waiting", "reserved", "held"]
+
+
+@dataclasses.dataclass(slots=True)
+class _Message:
+    id: int
+    queue: str
+    body: bytes
+    priority: int
+    ttr: int
+    due: float  # waiting: when ready; reserved: when the lease lapses (monotonic seconds)
+    state: State = "waiting"
+    deliveries: int = 0
+    reason: str | None = None
+    held_at: float | None = None
+
+    def takeable(self, now: float) -> bool:
+        return self.state != "held" and self.due <= now
+
+
+class MemoryBroker:
+    """The shared state behind one ``memory://NAME`` URL."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.messages: dict[int, _Message] = {}
+        self.ids = itertools.count(1)
+
+    def reset(self) -> None:
+        """Forget every message (handy between tests)."""
+        with self.cond:
+            self.messages.clear()
+
+
+_brokers: dict[str, MemoryBroker] = {}
+_brokers_lock = threading.Lock()
+
+
+def broker(name: str = "") -> MemoryBroker:
+    """The broker behind ``memory://NAME`` (created on first use)."""
+    with _brokers_lock:
+        return _brokers.setdefault(name, MemoryBroker())
+
+
+class MemoryAdapter(Adapter):
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        priority=native(),
+        delay=native(),
+        ttr=native("leases lapse after ttr; the task is handed out again"),
+        touch=native(),
+        retry=native(),
+        hold=native("with reason and time"),
+        kick=native(),
+        stats=native(),
+        blocking_reserve=native("threading.Condition"),
+        durable=False,
+        notes="in-process only; for tests",
+    )
+    thread_safe: ClassVar[bool] = True
+
+    def __init__(self, name: str = "") -> None:
+        self.broker = broker(name)
+
+    @classmethod
+    def from_config(cls, url: str | None, options: Mapping[str, Any]) -> MemoryAdapter:
+        if options:
+            raise ConfigError(f"queue.memory.{sorted(options)[0]}: the memory backend takes no options")
+        name = (url or "memory://").partition("://")[2]
+        return cls(name.strip("/"))
+
+    def put(self, queue: str, body: bytes, *, priority: int, delay: float, ttr: int) -> str:
+        b = self.broker
+        with b.cond:
+            msg = _Message(next(b.ids), queue, body, priority, ttr, time.monotonic() + delay)
+            b.messages[msg.id] = msg
+            b.cond.notify_all()
+        return str(msg.id)
+
+    def reserve(self, queues: Sequence[str], timeout: float) -> Job | None:
+        b, wanted = self.broker, set(queues)
+        deadline = time.monotonic() + timeout
+        with b.cond:
+            while True:
+                now = time.monotonic()
+                mine = [m for m in b.messages.values() if m.queue in wanted and m.state != "held"]
+                ready = [m for m in mine if m.due <= now]
+                if ready:
+                    return self._lease(min(ready, key=lambda m: (m.priority, m.id)), now)
+                wake = min([deadline, *(m.due for m in mine)])
+                if now >= deadline:
+                    return None
+                b.cond.wait(wake - now)
+
+    def _lease(self, msg: _Message, now: float) -> Job:
+        msg.state, msg.due = "reserved", now + msg.ttr
+        msg.deliveries += 1
+        return Job(str(msg.id), msg.queue, msg.body, msg.priority, msg.ttr, msg.deliveries, msg.deliveries)
+
+    def _mine(self, job: Job) -> _Message | None:
+        """The message if ``job`` still holds its lease (not lapsed and taken by another)."""
+        msg = self.broker.messages.get(int(job.id))
+        if msg is None or msg.state != "reserved" or msg.deliveries != job.receipt:
+            return None
+        return msg
+
+    def delete(self, job: Job) -> None:
+        with self.broker.cond:
+            if self._mine(job) is not None:
+                del self.broker.messages[int(job.id)]
+
+    def release(self, job: Job, *, priority: int, delay: float) -> None:
+        with self.broker.cond:
+            if (msg := self._mine(job)) is not None:
+                msg.state, msg.priority, msg.due = "waiting", priority, time.monotonic() + delay
+                self.broker.cond.notify_all()
+
+    def bury(self, job: Job, *, reason: str) -> None:
+        with self.broker.cond:
+            if (msg := self._mine(job)) is not None:
+                msg.state, msg.reason, msg.held_at = "held", reason, time.time()
+
+    def touch(self, job: Job) -> None:
+        with self.broker.cond:
+            if (msg := self._mine(job)) is not None:
+                msg.due = time.monotonic() + msg.ttr
+
+    def _held(self, queue: str) -> list[_Message]:
+        held = [m for m in self.broker.messages.values() if m.queue == queue and m.state == "held"]
+        return sorted(held, key=lambda m: (m.held_at or 0, m.id))
+
+    def kick(self, queue: str, count: int) -> int:
+        with self.broker.cond:
+            held = self._held(queue)[:count]
+            for msg in held:
+                self._unhold(msg)
+            self.broker.cond.notify_all()
+        return len(held)
+
+    def kick_id(self, queue: str, id: str) -> bool:
+        with self.broker.cond:
+            msg = self.broker.messages.get(_int(id))
+            if msg is None or msg.queue != queue or msg.state != "held":
+                return False
+            self._unhold(msg)
+            self.broker.cond.notify_all()
+        return True
+
+    @staticmethod
+    def _unhold(msg: _Message) -> None:
+        msg.state, msg.due, msg.reason, msg.held_at = "waiting", time.monotonic(), None, None
+
+    def delete_id(self, queue: str, id: str) -> bool:
+        with self.broker.cond:
+            msg = self.broker.messages.get(_int(id))
+            if msg is None or msg.queue != queue:
+                return False
+            del self.broker.messages[msg.id]
+        return True
+
+    def held(self, queue: str, limit: int = 100) -> list[HeldJob]:
+        with self.broker.cond:
+            return [HeldJob(str(m.id), m.queue, m.body, m.reason, m.held_at) for m in self._held(queue)[:limit]]
+
+    def peek(self, queue: str, state: PeekState) -> Peeked | None:
+        with self.broker.cond:
+            now = time.monotonic()
+            mine = [m for m in self.broker.messages.values() if m.queue == queue]
+            if state == "held":
+                found = self._held(queue)[:1]
+            elif state == "ready":
+                found = sorted((m for m in mine if m.takeable(now)), key=lambda m: (m.priority, m.id))[:1]
+            else:
+                found = sorted((m for m in mine if m.state == "waiting" and m.due > now), key=lambda m: m.due)[:1]
+            return Peeked(str(found[0].id), queue, found[0].body, found[0].priority) if found else None
+
+    def stats(self, queue: str) -> QueueStats:
+        with self.broker.cond:
+            now = time.monotonic()
+            counts = {"ready": 0, "delayed": 0, "reserved": 0, "held": 0}
+            for m in self.broker.messages.values():
+                if m.queue == queue:
+                    counts[_state_name(m, now)] += 1
+        return QueueStats(counts["ready"], counts["delayed"], counts["reserved"], counts["held"])
+
+
+def _state_name(m: _Message, now: float) -> str:
+    if m.state == "held":
+        return "held"
+    if m.state == "reserved":
+        return "reserved" if m.due > now else "ready"
+    return "ready" if m.due <= now else "delayed"
+
+
+def _int(id: str) -> int:
+    try:
+        return int(id)
+    except ValueError:
+        return -1

@@ -1,0 +1,391 @@
+"""The ``lilqueue`` command. Every option has a ``LILQUEUE_*`` environment variable."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import click
+
+from lilqueue.adapters.base import QueueStats
+from lilqueue.app import App
+from lilqueue.config import import_path
+from lilqueue.errors import LilqueueError
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}
+LOG_FORMATS = ("text", "json")
+
+
+class Context:
+    """What the group's options say; the App is built when a command needs it."""
+
+    def __init__(self, config: str | None, app_path: str | None, backend: str | None) -> None:
+        self.config, self.app_path, self.backend = config, app_path, backend
+        self._app: App | None = None
+
+    @property
+    def app(self) -> App:
+        if self._app is None:
+            self._app = load_app(self.config, self.app_path, self.backend)
+        return self._app
+
+
+def load_app(config: str | None, app_path: str | None, backend: str | None) -> App:
+    """The App named by ``--app`` (or the config's ``app``), else one built from the config.
+
+    ``--config`` and ``--backend`` are exported as LILQUEUE_CONFIG / LILQUEUE_BACKEND
+    first, so an App the user's module builds with ``lilqueue.App()`` sees them too.
+    """
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    if config:
+        os.environ["LILQUEUE_CONFIG"] = config
+    if backend:
+        os.environ["LILQUEUE_BACKEND"] = backend
+    from lilqueue.config import load_settings
+
+    settings = load_settings()
+    path = app_path or settings.app
+    if not path:
+        return App(settings=settings)
+    obj = import_path(path, "--app" if app_path else "app")
+    if callable(obj) and not isinstance(obj, App):
+        obj = obj()
+    if not isinstance(obj, App):
+        raise LilqueueError(f"--app {path!r} is a {type(obj).__name__}, not a lilqueue.App")
+    return obj
+
+
+def fail_cleanly(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn lilqueue errors into a one-line message and exit code 2."""
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except LilqueueError as exc:
+            raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
+
+    wrapper.__name__, wrapper.__doc__ = func.__name__, func.__doc__
+    return wrapper
+
+
+@click.group(context_settings=CONTEXT, invoke_without_command=True)
+@click.option(
+    "--config",
+    "config",
+    metavar="PATH",
+    envvar="LILQUEUE_CONFIG",
+    help="Config file [default: ./lilqueue.toml; env LILQUEUE_CONFIG].",
+)
+@click.option(
+    "--app",
+    "app_path",
+    metavar="MODULE:ATTR",
+    envvar="LILQUEUE_APP",
+    help="Where queues and workers are registered [env LILQUEUE_APP].",
+)
+@click.option("--backend", metavar="URL", envvar="LILQUEUE_BACKEND", help="Backend URL or name [env LILQUEUE_BACKEND].")
+@click.option("--watch", "watch_alias", metavar="QUEUES", help="Seed alias of 'watch QUEUES'.")
+@click.option("--send", "send_alias", metavar="Q:T:M", help="Seed alias of 'send Q:T:M'.")
+@click.option("--list", "list_alias", is_flag=True, help="Seed alias of 'list'.")
+@click.version_option(package_name="lilqueue")
+@click.pass_context
+def main(
+    ctx: click.Context,
+    config: str | None,
+    app_path: str | None,
+    backend: str | None,
+    watch_alias: str | None,
+    send_alias: str | None,
+    list_alias: bool,
+) -> None:
+    """lilqueue: run workers, send tasks and inspect queues on any backend."""
+    ctx.obj = Context(config, app_path, backend)
+    aliases = [a for a in (watch_alias, send_alias, list_alias) if a]
+    if ctx.invoked_subcommand is not None:
+        if aliases:
+            raise click.UsageError("use either a seed alias (--watch/--send/--list) or a command, not both")
+        return
+    if len(aliases) > 1:
+        raise click.UsageError("give one of --watch, --send, --list")
+    if watch_alias:
+        ctx.invoke(watch, queues=watch_alias)
+    elif send_alias:
+        ctx.invoke(send, spec=send_alias)
+    elif list_alias:
+        ctx.invoke(list_queues)
+    else:
+        click.echo(ctx.get_help())
+
+
+def _configure_logging(level: str, fmt: str) -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(
+        "%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s"))  # fmt: skip
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line, with the record's structured fields (queue, task_id, ...)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "time": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "pid": record.process,
+            "message": record.getMessage(),
+        }
+        out.update({k: v for k, v in vars(record).items() if k not in _STANDARD})
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)
+
+
+@main.command()
+@click.argument("queues", default="all")
+@click.option(
+    "--concurrency",
+    "-c",
+    envvar="LILQUEUE_CONCURRENCY",
+    type=click.IntRange(1),
+    default=1,
+    help="Worker processes [env LILQUEUE_CONCURRENCY].",
+)
+@click.option(
+    "--max-tasks",
+    envvar="LILQUEUE_MAX_TASKS",
+    type=click.IntRange(1),
+    help="Replace a worker process after N tasks [env LILQUEUE_MAX_TASKS].",
+)
+@click.option(
+    "--max-memory",
+    envvar="LILQUEUE_MAX_MEMORY",
+    type=click.FloatRange(1),
+    metavar="MB",
+    help="Replace a worker process past MB of RSS [env LILQUEUE_MAX_MEMORY].",
+)
+@click.option(
+    "--burst", envvar="LILQUEUE_BURST", is_flag=True, help="Exit 0 once no watched task is ready [env LILQUEUE_BURST]."
+)
+@click.option(
+    "--log-level",
+    envvar="LILQUEUE_LOG_LEVEL",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    help="[env LILQUEUE_LOG_LEVEL]",
+)
+@click.option(
+    "--log-format",
+    envvar="LILQUEUE_LOG_FORMAT",
+    type=click.Choice(LOG_FORMATS),
+    default="text",
+    help="[env LILQUEUE_LOG_FORMAT]",
+)
+@click.pass_obj
+@fail_cleanly
+def watch(
+    obj: Context,
+    queues: str,
+    concurrency: int = 1,
+    max_tasks: int | None = None,
+    max_memory: float | None = None,
+    burst: bool = False,
+    log_level: str = "info",
+    log_format: str = "text",
+) -> None:
+    """Run a worker on QUEUES: 'all' or a comma list."""
+    _configure_logging(log_level, log_format)
+    app = obj.app
+    if concurrency == 1 and max_tasks is None and max_memory is None:
+        app.watch(queues, burst=burst)
+        return
+    from lilqueue.supervisor import Supervisor
+
+    sup = Supervisor(app, queues, concurrency=concurrency, burst=burst, max_tasks=max_tasks, max_memory=max_memory)
+    sys.exit(sup.run())
+
+
+@main.command()
+@click.argument("spec", metavar="QUEUE:TASK:MESSAGE")
+@click.option("--priority", type=click.IntRange(0, 2**32 - 1), help="Lower runs first.")
+@click.option("--delay", type=click.FloatRange(0), help="Seconds before it is ready.")
+@click.option("--ttr", type=click.IntRange(1), help="Seconds it may run.")
+@click.pass_obj
+@fail_cleanly
+def send(
+    obj: Context, spec: str, priority: int | None = None, delay: float | None = None, ttr: int | None = None
+) -> None:
+    """Add task TASK to QUEUE with data {"message": MESSAGE}; MESSAGE may contain ':'."""
+    parts = spec.split(":", 2)
+    if len(parts) != 3 or not parts[0] or not parts[1]:
+        raise click.BadParameter(f"expected QUEUE:TASK:MESSAGE, got {spec!r}", param_hint="QUEUE:TASK:MESSAGE")
+    queue, name, message = parts
+    app = obj.app
+    task = app.create_task(name, {"message": message})
+    if priority is not None:
+        task.set_priority(priority)
+    if delay is not None:
+        task.set_delay(delay)
+    if ttr is not None:
+        task.set_ttr(ttr)
+    task_id = app.add_task(queue, task)
+    click.echo(f"sent {name!r} to {queue!r} as {task_id}")
+
+
+@main.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+@fail_cleanly
+def list_queues(obj: Context, as_json: bool = False) -> None:
+    """The declared queues, their labels and workers."""
+    queues = obj.app.queues
+    rows: dict[str, dict[str, Any]] = {name: {"label": q.label, "handler": _qualname(type(q)), "workers": {
+        task: _worker_name(spec.target, spec.method) for task, spec in q.workers.items()}}
+        for name, q in queues.items()}  # fmt: skip
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("no queues declared (use --app, or [queues] in lilqueue.toml)")
+    for name, row in rows.items():
+        click.echo(f"{name}" + (f"  ({row['label']})" if row["label"] else ""))
+        for task, target in row["workers"].items():
+            click.echo(f"  {task} -> {target}")
+
+
+def _qualname(obj: Any) -> str:
+    return f"{getattr(obj, '__module__', '?')}:{getattr(obj, '__qualname__', repr(obj))}"
+
+
+def _worker_name(target: Any, method: str) -> str:
+    return _qualname(target) + (f".{method}" if method else "")
+
+
+@main.command()
+@click.argument("queues", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+@fail_cleanly
+def stats(obj: Context, queues: str | None = None, as_json: bool = False) -> None:
+    """Ready, delayed, reserved and held counts per queue (unknown where the backend cannot tell)."""
+    app = obj.app
+    names = _names(queues) if queues and queues != "all" else list(app.queues)
+    result = {name: app.adapter.stats(app.settings.prefix + name) for name in names}
+    if as_json:
+        click.echo(json.dumps({name: s.as_dict() for name, s in result.items()}, indent=2))
+        return
+    if not names:
+        click.echo("no queues declared; name them: lilqueue stats QUEUE[,QUEUE]")
+        return
+    width = max(len(n) for n in names)
+    click.echo(f"{'queue':<{width}}  {'ready':>8} {'delayed':>8} {'reserved':>8} {'held':>8}")
+    for name, s in result.items():
+        cells = " ".join(f"{_count(v, s):>8}" for v in s.as_dict().values())
+        click.echo(f"{name:<{width}}  {cells}")
+    if any(s.approximate for s in result.values()):
+        click.echo("~ approximate: the backend only estimates these counts")
+
+
+def _count(value: int | None, s: QueueStats) -> str:
+    if value is None:
+        return "unknown"
+    return f"~{value}" if s.approximate else str(value)
+
+
+def _names(queues: str) -> list[str]:
+    return [n.strip() for n in queues.split(",") if n.strip()]
+
+
+@main.command()
+@click.argument("queue")
+@click.option("--limit", type=click.IntRange(1), default=100, help="At most this many.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+@fail_cleanly
+def held(obj: Context, queue: str, limit: int = 100, as_json: bool = False) -> None:
+    """The held tasks of QUEUE, with id, name, reason and when."""
+    tasks = _handler(obj.app, queue).held(limit)
+    if as_json:
+        click.echo(json.dumps([t.as_dict() for t in tasks], indent=2, default=str))
+        return
+    if not tasks:
+        click.echo(f"no held tasks in {queue!r}")
+    for t in tasks:
+        when = dt.datetime.fromtimestamp(t.held_at).isoformat(sep=" ", timespec="seconds") if t.held_at else "unknown"
+        name = t.task if t.task is not None else f"<not a task: {t.body[:60]!r}>"
+        click.echo(f"{t.id}  {name}  held {when}")
+        for line in (t.reason or "no reason given").rstrip().splitlines():
+            click.echo(f"    {line}")
+
+
+def _handler(app: App, queue: str) -> Any:
+    """The declared handler, or an ad-hoc one for an undeclared queue (operators may not have --app)."""
+    from lilqueue.handler import QueueHandler
+
+    return app.queues.get(queue) or QueueHandler(app, queue)
+
+
+@main.command()
+@click.argument("queue")
+@click.argument("count", type=click.IntRange(1), default=1)
+@click.option("--id", "task_id", help="Kick only this task.")
+@click.pass_obj
+@fail_cleanly
+def kick(obj: Context, queue: str, count: int = 1, task_id: str | None = None) -> None:
+    """Make COUNT held tasks of QUEUE (or the one with --id) ready again."""
+    handler = _handler(obj.app, queue)
+    if task_id is not None:
+        if not handler.kick_id(task_id):
+            raise click.ClickException(f"no held task {task_id!r} in {queue!r}")
+        click.echo(f"kicked {task_id}")
+    else:
+        click.echo(f"kicked {handler.kick(count)}")
+
+
+@main.command()
+@click.argument("queue")
+@click.option("--id", "task_id", required=True, help="The task to remove.")
+@click.pass_obj
+@fail_cleanly
+def delete(obj: Context, queue: str, task_id: str) -> None:
+    """Remove one task from QUEUE."""
+    if not _handler(obj.app, queue).delete(task_id):
+        raise click.ClickException(f"no task {task_id!r} in {queue!r} (or it is running)")
+    click.echo(f"deleted {task_id}")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+@fail_cleanly
+def capabilities(obj: Context, as_json: bool = False) -> None:
+    """What the configured backend does natively, emulates, or cannot do."""
+    app = obj.app
+    caps = app.capabilities
+    if as_json:
+        rows = {name: {"level": s.level, "how": s.how} for name, s in caps.rows()}
+        click.echo(
+            json.dumps({"backend": app.settings.backend_name, "durable": caps.durable, "features": rows}, indent=2)
+        )
+        return
+    click.echo(f"backend: {app.settings.backend_name}" + ("" if caps.durable else "  (not durable)"))
+    for name, s in caps.rows():
+        click.echo(f"  {name:<17} {s.level:<9} {s.how}".rstrip())
+    if caps.notes:
+        click.echo(f"  note: {caps.notes}")
+
+
+def run(argv: Sequence[str] | None = None) -> None:
+    """Entry point for tests: ``run(["stats", "--json"])``."""
+    main.main(args=list(argv) if argv is not None else None, prog_name="lilqueue")

@@ -1,0 +1,279 @@
+"""The worker loop: reserve -> decode -> dispatch -> apply the outcome. And signals."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import signal
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterable
+from contextlib import ExitStack
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+from lilqueue import wire
+from lilqueue.adapters.base import Job
+from lilqueue.errors import BackendConnectionError, LilqueueError, WireError
+from lilqueue.task import Outcome, Task
+
+if TYPE_CHECKING:
+    from lilqueue.app import App
+    from lilqueue.handler import QueueHandler
+
+log = logging.getLogger(__name__)
+TaskHook = Callable[[Task], object]
+FailureHook = Callable[[Task, BaseException, str, bool], object]
+MAX_REASON = 16_384
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def current_rss_mb() -> float:
+    """This process's resident memory now, in MB (0 where it cannot be read)."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * _PAGE_SIZE / 1_048_576
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+class Runner:
+    """Runs the workers of some queues in this process until stopped.
+
+    ``burst``: stop once no watched task is ready. ``max_tasks`` / ``max_memory`` (MB):
+    stop after the task that reaches the limit. ``poll``: the longest single wait for a
+    task in seconds, which bounds how long a stop request waits while idle.
+    ``reconnect_for``: how long to keep reconnecting to a lost backend before giving up.
+    """
+
+    def __init__(
+        self,
+        app: App,
+        queues: str | Iterable[str] = "all",
+        *,
+        burst: bool = False,
+        max_tasks: int | None = None,
+        max_memory: float | None = None,
+        install_signal_handlers: bool = True,
+        poll: float = 1.0,
+        reconnect_for: float = 300.0,
+    ) -> None:
+        self.app = app
+        self.handlers = app.resolve_queues(queues)
+        self.names = [h.backend_name for h in self.handlers]
+        self.burst = burst
+        self.max_tasks = max_tasks
+        self.max_memory = max_memory
+        self.install_signal_handlers = install_signal_handlers
+        self.poll = poll
+        self.reconnect_for = reconnect_for
+        self.processed = 0
+        self.stopping = False
+        self.stop_reason = ""
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    def stop(self, reason: str = "asked to stop") -> None:
+        """Stop taking tasks; the running task (if any) finishes first."""
+        if not self.stopping:
+            self.stopping, self.stop_reason = True, reason
+
+    def run(self) -> int:
+        """Run until stopped, drained (burst) or at a limit; return how many tasks ran."""
+        with ExitStack() as stack:
+            if self.install_signal_handlers and threading.current_thread() is threading.main_thread():
+                stack.callback(self._restore_signals, self._install_signals())
+            log.info("worker started", extra={"queues": self.names, "pid": os.getpid()})
+            self._loop()
+            log.info("worker stopped: %s", self.stop_reason or "done", extra={"processed": self.processed})
+        return self.processed
+
+    def _loop(self) -> None:
+        timeout = 0.0 if self.burst else self.poll
+        lost_since: float | None = None
+        while not self.stopping:
+            try:
+                job = self.app.adapter.reserve(self.names, timeout)
+            except BackendConnectionError as exc:
+                lost_since = self._backend_lost(exc, lost_since)
+                continue
+            lost_since = None
+            if job is None:
+                if self.burst:
+                    self.stop("burst: no task is ready")
+                continue
+            self.process(job)
+            self.processed += 1
+            self._check_limits()
+
+    def _backend_lost(self, exc: BaseException, since: float | None) -> float:
+        now = time.monotonic()
+        since = now if since is None else since
+        if now - since > self.reconnect_for:
+            raise BackendConnectionError(f"backend unreachable for {self.reconnect_for:.0f}s; giving up") from exc
+        self.app.reset_adapter()
+        wait = min(30.0, 0.5 * 2 ** min(int(now - since).bit_length(), 6)) * random.uniform(0.5, 1.0)
+        log.warning("backend lost (%s); reconnecting in %.1fs", exc, wait, extra={"queues": self.names})
+        self._sleep(wait)
+        return since
+
+    def _sleep(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not self.stopping and (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(left, 0.2))
+
+    def _check_limits(self) -> None:
+        if self.max_tasks is not None and self.processed >= self.max_tasks:
+            self.stop(f"max tasks reached ({self.max_tasks})")
+        elif self.max_memory is not None and (rss := current_rss_mb()) >= self.max_memory:
+            self.stop(f"max memory reached ({rss:.0f} MB >= {self.max_memory} MB)")
+
+    # -- signals -------------------------------------------------------------------
+
+    def _install_signals(self) -> dict[int, Any]:
+        previous: dict[int, Any] = {}
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            previous[signum] = signal.signal(signum, self._on_signal)
+        return previous
+
+    def _restore_signals(self, previous: dict[int, Any]) -> None:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        if self.stopping:
+            raise SystemExit(128 + signum)  # the second signal: stop at once
+        self.stop(f"{name} received")
+
+    # -- one task --------------------------------------------------------------------
+
+    def process(self, job: Job) -> None:
+        """Decode, dispatch and finish one reserved job. Never raises for bad input."""
+        handler = self.app.queue_for_backend_name(job.queue)
+        try:
+            env = wire.decode(job.body, secret=self.app.settings.secret)
+        except WireError as exc:
+            self._bury(job, f"rejected: {exc}")
+            return
+        if handler is None or (spec := handler.workers.get(env.task)) is None:
+            where = handler.name if handler else job.queue
+            self._bury(job, f"no worker registered for task {env.task!r} on queue {where!r}")
+            return
+        task = self._task(job, env, handler)
+        func = spec.callable(self.app)
+        started = time.monotonic()
+        error: BaseException | None = None
+        try:
+            with ExitStack() as stack:
+                for apply in self.app.context_appliers:
+                    stack.enter_context(apply(task.context))
+                for hook in self.app.before_task_hooks:
+                    hook(task)
+                func(task)
+        except Exception as exc:  # noqa: BLE001 - a worker's failure is data
+            error = exc
+        outcome = self._outcome(task, error, spec.retry.max_attempts, spec.retry.delay)
+        self._finish(job, task, outcome)
+        self._after(task, outcome, time.monotonic() - started, error)
+
+    def _task(self, job: Job, env: wire.Envelope, handler: QueueHandler) -> Task:
+        task = Task.__new__(Task)
+        task.name, task.data, task.context = env.task, env.data, env.context
+        task.priority, task.delay, task.ttr = job.priority, None, job.ttr
+        task.id, task.envelope_id, task.queue = job.id, env.id, handler
+        task.attempts = env.attempts + job.deliveries
+        task.outcome = None
+        adapter = self.app.adapter
+        task._toucher = lambda: adapter.touch(job)
+        return task
+
+    def _outcome(
+        self, task: Task, error: BaseException | None, max_attempts: int, backoff: Callable[[int], float]
+    ) -> Outcome:
+        decided = task.outcome
+        if decided is not None:
+            if error is not None:
+                log.warning("worker raised after deciding %s(): %r", decided.kind, error, extra=_fields(task))
+            if decided.kind == "retry" and decided.delay is None:
+                return Outcome("retry", delay=backoff(task.attempts))
+            return decided
+        if error is None:
+            return Outcome("success")
+        text = "".join(traceback.format_exception(error))
+        will_retry = task.attempts < max_attempts
+        self._report_failure(task, error, text, will_retry)
+        if will_retry:
+            return Outcome("retry", delay=backoff(task.attempts))
+        reason = f"failed {task.attempts} of {max_attempts} attempts: {text}"
+        return Outcome("hold", reason=reason[:MAX_REASON])
+
+    def _report_failure(self, task: Task, error: BaseException, text: str, will_retry: bool) -> None:
+        log.warning(
+            "task %s failed on attempt %d (%s): %r",
+            task.name, task.attempts, "will retry" if will_retry else "holding", error,
+            extra=_fields(task, outcome="retry" if will_retry else "hold"),
+        )  # fmt: skip
+        for hook in self.app.failure_hooks:
+            try:
+                hook(task, error, text, will_retry)
+            except Exception:
+                log.exception("on_failure hook %r raised", hook)
+
+    def _finish(self, job: Job, task: Task, outcome: Outcome) -> None:
+        adapter = self.app.adapter
+        try:
+            if outcome.kind == "success":
+                adapter.delete(job)
+            elif outcome.kind == "retry":
+                self._release(job, task, outcome.delay or 0.0)
+            else:
+                adapter.bury(job, reason=outcome.reason or "held by the worker")
+        except LilqueueError as exc:
+            log.error(
+                "could not apply %s to task %s (it comes back after its ttr): %s", outcome.kind, job.id, exc,
+                extra=_fields(task, outcome=outcome.kind),
+            )  # fmt: skip
+            if isinstance(exc, BackendConnectionError):
+                self.app.reset_adapter()
+
+    def _release(self, job: Job, task: Task, delay: float) -> None:
+        """Retry: the backend's own release, or (emulated) a re-put carrying the attempt count."""
+        adapter = self.app.adapter
+        if adapter.capabilities.retry.level == "native":
+            adapter.release(job, priority=job.priority, delay=delay)
+            return
+        task.delay = delay
+        body, priority, _, ttr = self.app.encode(task, attempts=task.attempts)
+        adapter.put(job.queue, body, priority=priority, delay=delay, ttr=ttr)
+        adapter.delete(job)
+
+    def _bury(self, job: Job, reason: str) -> None:
+        log.warning(
+            "holding job %s on %s: %s", job.id, job.queue, reason, extra={"queue": job.queue, "task_id": job.id}
+        )
+        try:
+            self.app.adapter.bury(job, reason=reason[:MAX_REASON])
+        except LilqueueError as exc:
+            log.error("could not hold job %s (it comes back after its ttr): %s", job.id, exc)
+            if isinstance(exc, BackendConnectionError):
+                self.app.reset_adapter()
+
+    def _after(self, task: Task, outcome: Outcome, duration: float, error: BaseException | None) -> None:
+        task.outcome = outcome
+        if log.isEnabledFor(logging.INFO) and (outcome.kind != "success" or log.isEnabledFor(logging.DEBUG)):
+            level = logging.DEBUG if outcome.kind == "success" else logging.INFO
+            log.log(level, "task %s %s in %.3fs", task.name, outcome.kind, duration,
+                    extra=_fields(task, outcome=outcome.kind, duration=round(duration, 6)))  # fmt: skip
+        for hook in self.app.after_task_hooks:
+            try:
+                hook(task)
+            except Exception:
+                log.exception("after_task hook %r raised", hook)
+
+
+def _fields(task: Task, **more: Any) -> dict[str, Any]:
+    queue = task.queue.name if task.queue is not None else None
+    return {"queue": queue, "task_id": task.id, "task_name": task.name, "attempt": task.attempts, **more}

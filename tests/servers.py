@@ -1,0 +1,107 @@
+"""Real servers for the tests: started on free ports, stopped afterwards.
+
+With ``CI`` set, a server that cannot be found or started fails the test; on a
+developer's machine it skips it (the brief: never a silent skip in CI).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+import pytest
+
+SBIN = ("/usr/sbin", "/usr/local/sbin", "/sbin")
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
+
+
+def unavailable(why: str) -> NoReturn:
+    """Fail under CI, skip elsewhere."""
+    if in_ci():
+        pytest.fail(f"required for CI: {why}")
+    pytest.skip(why)
+
+
+def binary(name: str) -> str:
+    """The path of a server binary (PATH, then sbin directories), or unavailable()."""
+    found = shutil.which(name) or next((f"{d}/{name}" for d in SBIN if os.access(f"{d}/{name}", os.X_OK)), None)
+    if found is None:
+        unavailable(f"{name} is not installed (make test installs it: scripts/install-servers.sh)")
+    return found
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.2):
+        return True
+    return False
+
+
+def wait_port(port: int, timeout: float = 15.0, host: str = "127.0.0.1") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if port_open(port, host):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on {host}:{port} after {timeout}s")
+
+
+class Server:
+    """A server process we own: start, kill -9, restart on the same port, stop."""
+
+    def __init__(self, argv: Sequence[str], port: int, *, log: Path | None = None) -> None:
+        self.argv = list(argv)
+        self.port = port
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 15.0) -> Server:
+        out = open(self.log, "ab") if self.log else subprocess.DEVNULL  # noqa: SIM115 - closed with the process
+        self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            wait_port(self.port, timeout)
+        except TimeoutError:
+            self.stop()
+            unavailable(f"{self.argv[0]} did not start on port {self.port}")
+        return self
+
+    def kill(self) -> None:
+        """kill -9, as a crash would."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self.proc = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def __enter__(self) -> Server:
+        return self.start() if self.proc is None else self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
