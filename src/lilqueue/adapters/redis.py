@@ -1,0 +1,523 @@
+"""``redis://[USER:PASS@]HOST[:PORT][/DB]``: Redis (>= 6.0) through redis-py.
+
+Every queue lives under keys named from its (prefixed) name ``Q``::
+
+    Q:seq         string  the last task id given out (INCR)
+    Q:job:ID      hash    one task: body, pri, ttr, n (deliveries), reason, at (held at, epoch s)
+    Q:ready       zset    ready tasks: score = priority, member = the id zero-padded to 16 digits,
+                          so equal priorities come out in id (FIFO) order
+    Q:delayed     zset    delayed tasks: score = when due (server clock, epoch ms), member = id
+    Q:reserved    zset    leases: score = when the lease lapses (epoch ms), member = id
+    Q:held        zset    held tasks: score = when held (epoch ms), member = id
+    Q:wake        list    at most a token or two: what an idle worker's BLPOP waits on
+
+Every state change is one Lua script (EVALSHA), so it is atomic and takes one round
+trip. A reserve moves due delays and lapsed leases to ``ready`` and leases the most
+urgent task of all the queues asked for; when nothing is ready it reports the next due
+time, and the worker blocks in ``BLPOP`` on the queues' wake lists until a producer
+pushes a token or that time comes: no polling while idle. ``n`` counts deliveries and
+fences a worker whose lease lapsed: its delete, release, bury or touch no longer match
+once another worker has taken the task.
+
+A delete (the ack) is pipelined: it is written to the socket at once and its reply is
+read with the next command, so a worker spends one round trip per task, not two.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import redis
+import redis.exceptions as rex
+
+from lilqueue.adapters.base import (
+    Adapter,
+    Capabilities,
+    HeldJob,
+    Job,
+    Peeked,
+    PeekState,
+    QueueStats,
+    native,
+)
+from lilqueue.errors import BackendConnectionError, BackendError, BackendTimeoutError, ConfigError
+
+log = logging.getLogger(__name__)
+
+#: how long a wait is worth a BLPOP; shorter waits for a known due time just sleep (seconds)
+_MIN_BLOCK = 0.05
+#: pipelined acks allowed in flight before their replies are read
+_MAX_PENDING = 64
+
+_LIB = """
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+end
+local function pad(id) return string.rep('0', 16 - #id) .. id end
+local function unpad(member)
+  local id = string.gsub(member, '^0+', '')
+  if id == '' then return '0' end
+  return id
+end
+local function wake(q)
+  if redis.call('LLEN', q .. ':wake') == 0 then redis.call('RPUSH', q .. ':wake', '1') end
+end
+local function make_ready(q, id)
+  local pri = tonumber(redis.call('HGET', q .. ':job:' .. id, 'pri')) or 1024
+  redis.call('ZADD', q .. ':ready', pri, pad(id))
+end
+local function requeue(q, set, now)
+  local ids = redis.call('ZRANGEBYSCORE', q .. set, '-inf', now, 'LIMIT', 0, 1000)
+  for _, id in ipairs(ids) do
+    redis.call('ZREM', q .. set, id)
+    make_ready(q, id)
+  end
+end
+local function promote(q, now)
+  requeue(q, ':delayed', now)
+  requeue(q, ':reserved', now)
+end
+-- the task's key if the caller still holds it: not handed out since (n), not held or deleted
+local function owned(q, id, receipt)
+  local key = q .. ':job:' .. id
+  if redis.call('HGET', key, 'n') ~= receipt then return nil end
+  if redis.call('ZREM', q .. ':reserved', id) == 0 and redis.call('ZREM', q .. ':ready', pad(id)) == 0 then
+    return nil
+  end
+  return key
+end
+local function hold(q, id, reason, now)
+  redis.call('HSET', q .. ':job:' .. id, 'reason', reason, 'at', string.format('%.3f', now / 1000))
+  redis.call('ZADD', q .. ':held', now, id)
+end
+"""
+
+_PUT = """
+local q, delay = ARGV[1], tonumber(ARGV[4])
+local id = string.format('%d', redis.call('INCR', q .. ':seq'))
+redis.call('HSET', q .. ':job:' .. id, 'body', ARGV[2], 'pri', ARGV[3], 'ttr', ARGV[5], 'n', 0)
+if delay > 0 then
+  redis.call('ZADD', q .. ':delayed', now_ms() + delay, id)
+else
+  redis.call('ZADD', q .. ':ready', tonumber(ARGV[3]), pad(id))
+end
+wake(q)
+return id
+"""
+
+_TAKE = """
+local now = now_ms()
+for _, q in ipairs(ARGV) do promote(q, now) end
+while true do
+  local best, bestq, bestpri
+  for i, q in ipairs(ARGV) do
+    local top = redis.call('ZRANGE', q .. ':ready', 0, 0, 'WITHSCORES')
+    if top[1] and (best == nil or tonumber(top[2]) < bestpri) then
+      best, bestq, bestpri = top[1], i, tonumber(top[2])
+    end
+  end
+  if best == nil then break end
+  local q = ARGV[bestq]
+  redis.call('ZREM', q .. ':ready', best)
+  local id = unpad(best)
+  local key = q .. ':job:' .. id
+  if redis.call('EXISTS', key) == 1 then
+    local n = redis.call('HINCRBY', key, 'n', 1)
+    local f = redis.call('HMGET', key, 'body', 'ttr')
+    local ttr = math.max(math.floor(tonumber(f[2]) or 60), 1)
+    redis.call('ZADD', q .. ':reserved', now + ttr * 1000, id)
+    if redis.call('EXISTS', q .. ':ready') == 1 then wake(q) end
+    return {bestq, id, f[1] or '', bestpri, ttr, n}
+  end
+  redis.call('HSET', key, 'body', '', 'pri', bestpri, 'ttr', 60, 'n', 0)
+  hold(q, id, 'no task record ' .. key .. ' for the entry ' .. best .. ' of ' .. q .. ':ready', now)
+end
+local next_due = -1
+for _, q in ipairs(ARGV) do
+  for _, set in ipairs({':delayed', ':reserved'}) do
+    local first = redis.call('ZRANGE', q .. set, 0, 0, 'WITHSCORES')
+    if first[2] then
+      local due = math.max(math.ceil(tonumber(first[2]) - now), 0)
+      if next_due < 0 or due < next_due then next_due = due end
+    end
+  end
+end
+return next_due
+"""
+
+_DELETE = """
+local key = owned(ARGV[1], ARGV[2], ARGV[3])
+if key == nil then return 0 end
+redis.call('DEL', key)
+return 1
+"""
+
+_RELEASE = """
+local q, id, pri, delay = ARGV[1], ARGV[2], ARGV[4], tonumber(ARGV[5])
+local key = owned(q, id, ARGV[3])
+if key == nil then return 0 end
+redis.call('HSET', key, 'pri', pri)
+if delay > 0 then
+  redis.call('ZADD', q .. ':delayed', now_ms() + delay, id)
+else
+  redis.call('ZADD', q .. ':ready', tonumber(pri), pad(id))
+end
+wake(q)
+return 1
+"""
+
+_BURY = """
+local q, id = ARGV[1], ARGV[2]
+if owned(q, id, ARGV[3]) == nil then return 0 end
+hold(q, id, ARGV[4], now_ms())
+return 1
+"""
+
+_TOUCH = """
+local q, id = ARGV[1], ARGV[2]
+local key = owned(q, id, ARGV[3])
+if key == nil then return 0 end
+local ttr = math.max(math.floor(tonumber(redis.call('HGET', key, 'ttr')) or 60), 1)
+redis.call('ZADD', q .. ':reserved', now_ms() + ttr * 1000, id)
+return 1
+"""
+
+_KICK = """
+local q, count = ARGV[1], tonumber(ARGV[2])
+local ids = {}
+if ARGV[3] then
+  if redis.call('ZSCORE', q .. ':held', ARGV[3]) then ids = {ARGV[3]} end
+elseif count > 0 then
+  ids = redis.call('ZRANGE', q .. ':held', 0, count - 1)
+end
+for _, id in ipairs(ids) do
+  redis.call('ZREM', q .. ':held', id)
+  redis.call('HDEL', q .. ':job:' .. id, 'reason', 'at')
+  make_ready(q, id)
+end
+if #ids > 0 then wake(q) end
+return #ids
+"""
+
+_DELETE_ID = """
+local q, id = ARGV[1], ARGV[2]
+local lease = redis.call('ZSCORE', q .. ':reserved', id)
+if lease and tonumber(lease) > now_ms() then return 0 end
+local found = redis.call('ZREM', q .. ':ready', pad(id)) + redis.call('ZREM', q .. ':delayed', id)
+  + redis.call('ZREM', q .. ':held', id) + redis.call('ZREM', q .. ':reserved', id)
+return found + redis.call('DEL', q .. ':job:' .. id)
+"""
+
+_HELD = """
+local q = ARGV[1]
+local out = {}
+for _, id in ipairs(redis.call('ZRANGE', q .. ':held', 0, tonumber(ARGV[2]) - 1)) do
+  local f = redis.call('HMGET', q .. ':job:' .. id, 'body', 'reason', 'at')
+  table.insert(out, {id, f[1] or '', f[2] or '', f[3] or ''})
+end
+return out
+"""
+
+_PEEK = """
+local q, state = ARGV[1], ARGV[2]
+promote(q, now_ms())
+local first = redis.call('ZRANGE', q .. ':' .. state, 0, 0)[1]
+if not first then return 0 end
+local id = first
+if state == 'ready' then id = unpad(first) end
+local f = redis.call('HMGET', q .. ':job:' .. id, 'body', 'pri')
+return {id, f[1] or '', tonumber(f[2]) or -1}
+"""
+
+_STATS = """
+local q = ARGV[1]
+promote(q, now_ms())
+local out = {}
+for _, set in ipairs({':ready', ':delayed', ':reserved', ':held'}) do
+  table.insert(out, redis.call('ZCARD', q .. set))
+end
+return out
+"""
+
+
+class _Script:
+    """One Lua script, run by EVALSHA (and loaded by EVAL the first time it is missing)."""
+
+    __slots__ = ("name", "sha", "text")
+
+    def __init__(self, name: str, body: str) -> None:
+        self.name = name
+        self.text = _LIB + body
+        self.sha = hashlib.sha1(self.text.encode()).hexdigest()
+
+
+PUT, TAKE, DELETE = _Script("put", _PUT), _Script("take", _TAKE), _Script("delete", _DELETE)
+RELEASE, BURY, TOUCH = _Script("release", _RELEASE), _Script("bury", _BURY), _Script("touch", _TOUCH)
+KICK, DELETE_ID, HELD = _Script("kick", _KICK), _Script("delete_id", _DELETE_ID), _Script("held", _HELD)
+PEEK, STATS = _Script("peek", _PEEK), _Script("stats", _STATS)
+
+_OPTIONS = {
+    "host": str,
+    "port": int,
+    "db": int,
+    "username": str,
+    "password": str,
+    "protocol": int,
+    "connect_timeout": float,
+    "timeout": float,
+    "pipeline_acks": bool,
+}
+
+
+class RedisAdapter(Adapter):
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        priority=native("Q:ready is a sorted set scored by priority; members are zero-padded ids (FIFO)"),
+        delay=native("Q:delayed, scored by due time on the server clock; moved to ready by the reserve script"),
+        ttr=native("Q:reserved, scored by lease deadline; a lapsed lease is made ready by the next reserve"),
+        touch=native("moves the lease deadline in Q:reserved"),
+        retry=native("release: back to Q:ready or Q:delayed in one script"),
+        hold=native("Q:held, with reason and time in the task's hash"),
+        kick=native(),
+        stats=native("exact counts (ZCARD)"),
+        blocking_reserve=native("BLPOP on the queues' wake lists, bounded by the next due time"),
+        notes="durable as far as the server's persistence goes: use appendonly yes",
+    )
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 6379,
+        db: int = 0,
+        *,
+        username: str | None = None,
+        password: str | None = None,
+        protocol: int = 3,
+        connect_timeout: float = 5.0,
+        timeout: float = 30.0,
+        pipeline_acks: bool = True,
+    ) -> None:
+        self.where = f"redis://{host}:{port}/{db}"
+        self.timeout = timeout
+        self.pipeline_acks = pipeline_acks
+        self._pending: list[tuple[_Script, tuple[Any, ...]]] = []
+        # One connection, driven command by command: a pipelined ack's reply is read later.
+        self._conn: Any = redis.Connection(  # type: ignore[no-untyped-call]
+            host=host,
+            port=port,
+            db=db,
+            username=username,
+            password=password,
+            protocol=protocol,
+            socket_connect_timeout=connect_timeout,
+            socket_timeout=timeout,
+        )
+
+    @classmethod
+    def from_config(cls, url: str | None, options: Mapping[str, Any]) -> RedisAdapter:
+        values = dict(options)
+        if url is not None:
+            values.update(_parse_url(url))
+        kwargs = {key: _option(key, value) for key, value in values.items()}
+        if kwargs.get("protocol", 3) not in (2, 3):
+            raise ConfigError(f"queue.redis.protocol: must be 2 or 3, not {kwargs['protocol']!r}")
+        return cls(**kwargs)
+
+    # -- the hot path --------------------------------------------------------------
+
+    def put(self, queue: str, body: bytes, *, priority: int, delay: float, ttr: int) -> str:
+        return _text(self._call(PUT, queue, body, priority, delay * 1000 if delay > 0 else 0, ttr))
+
+    def reserve(self, queues: Sequence[str], timeout: float) -> Job | None:
+        deadline = time.monotonic() + timeout
+        while True:
+            reply = self._call(TAKE, *queues)
+            if isinstance(reply, list):
+                index, id, body, priority, ttr, deliveries = reply
+                return Job(_text(id), queues[int(index) - 1], bytes(body), int(priority), int(ttr),
+                           int(deliveries), str(int(deliveries)))  # fmt: skip
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            wait = left if int(reply) < 0 else min(left, int(reply) / 1000)
+            if wait >= _MIN_BLOCK:
+                self._block([f"{q}:wake" for q in queues], wait)
+            elif wait > 0:
+                time.sleep(wait)  # a delay or lease is due within a few ms
+
+    def _block(self, wake_keys: list[str], wait: float) -> None:
+        """BLPOP the wake lists for up to ``wait`` seconds (woken early by any token)."""
+        self._settle()
+        try:
+            self._conn.send_command("BLPOP", *wake_keys, f"{wait:.3f}")
+            self._conn.read_response(timeout=wait + self.timeout)
+        except rex.RedisError as exc:
+            raise self._translate(exc, "BLPOP") from exc
+
+    def delete(self, job: Job) -> None:
+        args = (job.queue, job.id, job.receipt)
+        if not self.pipeline_acks or len(self._pending) >= _MAX_PENDING:
+            self._call(DELETE, *args)
+            return
+        try:
+            self._conn.send_command("EVALSHA", DELETE.sha, 0, *args)
+        except rex.RedisError as exc:
+            raise self._translate(exc, "delete") from exc
+        self._pending.append((DELETE, args))
+
+    def release(self, job: Job, *, priority: int, delay: float) -> None:
+        self._call(RELEASE, job.queue, job.id, job.receipt, priority, delay * 1000 if delay > 0 else 0)
+
+    def bury(self, job: Job, *, reason: str) -> None:
+        self._call(BURY, job.queue, job.id, job.receipt, reason)
+
+    def touch(self, job: Job) -> None:
+        self._call(TOUCH, job.queue, job.id, job.receipt)
+
+    # -- operating -----------------------------------------------------------------
+
+    def kick(self, queue: str, count: int) -> int:
+        return int(self._call(KICK, queue, count))
+
+    def kick_id(self, queue: str, id: str) -> bool:
+        return int(self._call(KICK, queue, 1, id)) == 1
+
+    def delete_id(self, queue: str, id: str) -> bool:
+        return int(self._call(DELETE_ID, queue, id)) > 0
+
+    def held(self, queue: str, limit: int = 100) -> list[HeldJob]:
+        if limit <= 0:
+            return []
+        rows = self._call(HELD, queue, limit)
+        return [
+            HeldJob(_text(id), queue, bytes(body), _text(reason) or None, float(at) if at else None)
+            for id, body, reason, at in rows
+        ]
+
+    def peek(self, queue: str, state: PeekState) -> Peeked | None:
+        reply = self._call(PEEK, queue, state)
+        if not isinstance(reply, list):
+            return None
+        id, body, priority = reply
+        return Peeked(_text(id), queue, bytes(body), None if int(priority) < 0 else int(priority))
+
+    def stats(self, queue: str) -> QueueStats:
+        ready, delayed, reserved, held = (int(n) for n in self._call(STATS, queue))
+        return QueueStats(ready, delayed, reserved, held)
+
+    def close(self) -> None:
+        try:
+            self._settle()
+        except BackendError as exc:
+            log.debug("pipelined acks lost on close (they come back after their ttr): %s", exc)
+        self._conn.disconnect()
+
+    # -- talking to Redis ------------------------------------------------------------
+
+    def _call(self, script: _Script, *args: Any) -> Any:
+        """Run ``script`` by EVALSHA; read any pipelined acks' replies first. Translates errors."""
+        try:
+            self._conn.send_command("EVALSHA", script.sha, 0, *args)
+            redo = self._drain()
+            try:
+                reply = self._conn.read_response()
+            except rex.NoScriptError:  # a new or restarted server: EVAL loads the script
+                redo.append((script, args))
+                reply = None
+            for missed, missed_args in redo:
+                result = self._eval(missed, missed_args)
+                if missed is script and missed_args is args:
+                    reply = result
+            return reply
+        except rex.RedisError as exc:
+            raise self._translate(exc, script.name) from exc
+
+    def _eval(self, script: _Script, args: tuple[Any, ...]) -> Any:
+        self._conn.send_command("EVAL", script.text, 0, *args)
+        return self._conn.read_response()
+
+    def _drain(self) -> list[tuple[_Script, tuple[Any, ...]]]:
+        """Read the pipelined acks' replies, in order; return those whose script was missing."""
+        redo = []
+        while self._pending:
+            script, args = self._pending.pop(0)
+            try:
+                self._conn.read_response()
+            except rex.NoScriptError:
+                redo.append((script, args))
+            except rex.ResponseError as exc:
+                log.warning("Redis refused a pipelined %s of task %s on %s: %s", script.name, args[1], args[0], exc)
+        return redo
+
+    def _settle(self) -> None:
+        """Finish the pipelined acks (nothing else in flight)."""
+        try:
+            for script, args in self._drain():
+                self._eval(script, args)
+        except rex.RedisError as exc:
+            raise self._translate(exc, "delete") from exc
+
+    def _translate(self, exc: rex.RedisError, what: str) -> BackendError:
+        if isinstance(exc, rex.ConnectionError | rex.TimeoutError):
+            self._pending.clear()
+            self._conn.disconnect()
+            kind = BackendTimeoutError if isinstance(exc, rex.TimeoutError) else BackendConnectionError
+            return kind(f"Redis {self.where} ({what}): {exc}")
+        return BackendError(f"Redis {self.where} ({what}): {exc}")
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _parse_url(url: str) -> dict[str, Any]:
+    parts = urlsplit(url)
+    if parts.scheme != "redis":
+        raise ConfigError(f"queue.backend: Redis URLs look like redis://HOST:PORT/DB, not {url!r}")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ConfigError(f"queue.backend: bad port in {url!r}") from None
+    values: dict[str, Any] = dict(parse_qsl(parts.query))
+    if parts.hostname:
+        values["host"] = parts.hostname
+    if port is not None:
+        values["port"] = port
+    if parts.username:
+        values["username"] = unquote(parts.username)
+    if parts.password:
+        values["password"] = unquote(parts.password)
+    db = parts.path.strip("/")
+    if db:
+        values["db"] = db
+    return values
+
+
+def _option(key: str, value: Any) -> Any:
+    where = f"queue.redis.{key}"
+    kind = _OPTIONS.get(key)
+    if kind is None:
+        raise ConfigError(f"{where}: unknown option (expected one of {', '.join(_OPTIONS)})")
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if str(value).lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            return str(value).lower() in ("1", "true", "yes", "on")
+        raise ConfigError(f"{where}: must be true or false, not {value!r}")
+    if kind is str:
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{where}: must be a non-empty string, not {value!r}")
+        return value
+    try:
+        number = kind(value) if not isinstance(value, bool) else -1
+    except (TypeError, ValueError):
+        number = -1
+    if number < 0 or (kind is float and number == 0):
+        what = "a positive number of seconds" if kind is float else "a whole number >= 0"
+        raise ConfigError(f"{where}: must be {what}, not {value!r}")
+    return number
