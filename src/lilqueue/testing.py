@@ -132,7 +132,8 @@ class ConformanceSuite:
         self.needs(caps, "priority")
         order: list[int] = []
         queue.worker("p")(lambda t: order.append(t.data["p"]))
-        for p in (1000, 10, 500, 2000, 0):  # low, high, normal, low, high bands
+        # low, high, normal, low, high bands; within a band, sent in order, as a banded backend keeps it
+        for p in (1000, 0, 500, 2000, 10):
             queue.send("p", {"p": p}, priority=p)
         wait_for(lambda: queue.stats().ready in (None, 5))
         self.drain_until(app, queue, lambda: len(order) == 5)
