@@ -116,24 +116,31 @@ local now = now_ms()
 for _, q in ipairs(ARGV) do promote(q, now) end
 while true do
   local best, bestq, bestpri
-  for i, q in ipairs(ARGV) do
-    local top = redis.call('ZRANGE', q .. ':ready', 0, 0, 'WITHSCORES')
-    if top[1] and (best == nil or tonumber(top[2]) < bestpri) then
-      best, bestq, bestpri = top[1], i, tonumber(top[2])
+  if #ARGV == 1 then
+    local top = redis.call('ZPOPMIN', ARGV[1] .. ':ready')
+    if top[1] then best, bestq, bestpri = top[1], 1, tonumber(top[2]) end
+  else
+    for i, q in ipairs(ARGV) do
+      local top = redis.call('ZRANGE', q .. ':ready', 0, 0, 'WITHSCORES')
+      if top[1] and (best == nil or tonumber(top[2]) < bestpri) then
+        best, bestq, bestpri = top[1], i, tonumber(top[2])
+      end
     end
+    if best then redis.call('ZREM', ARGV[bestq] .. ':ready', best) end
   end
   if best == nil then break end
   local q = ARGV[bestq]
-  redis.call('ZREM', q .. ':ready', best)
   local id = unpad(best)
   local key = q .. ':job:' .. id
-  if redis.call('EXISTS', key) == 1 then
+  local f = redis.call('HMGET', key, 'body', 'ttr')
+  if f[1] then
     local n = redis.call('HINCRBY', key, 'n', 1)
-    local f = redis.call('HMGET', key, 'body', 'ttr')
     local ttr = math.max(math.floor(tonumber(f[2]) or 60), 1)
     redis.call('ZADD', q .. ':reserved', now + ttr * 1000, id)
-    if redis.call('EXISTS', q .. ':ready') == 1 then wake(q) end
-    return {bestq, id, f[1] or '', bestpri, ttr, n}
+    if redis.call('LLEN', q .. ':wake') == 0 and redis.call('EXISTS', q .. ':ready') == 1 then
+      redis.call('RPUSH', q .. ':wake', '1')
+    end
+    return string.format('%d %s %d %d %d\\n', bestq, id, bestpri, ttr, n) .. f[1]
   end
   redis.call('HSET', key, 'body', '', 'pri', bestpri, 'ttr', 60, 'n', 0)
   hold(q, id, 'no task record ' .. key .. ' for the entry ' .. best .. ' of ' .. q .. ':ready', now)
@@ -249,12 +256,13 @@ return out
 class _Script:
     """One Lua script, run by EVALSHA (and loaded by EVAL the first time it is missing)."""
 
-    __slots__ = ("name", "sha", "text")
+    __slots__ = ("evalsha", "name", "sha", "text")
 
     def __init__(self, name: str, body: str) -> None:
         self.name = name
         self.text = _LIB + body
         self.sha = hashlib.sha1(self.text.encode()).hexdigest()
+        self.evalsha = (b"EVALSHA", self.sha.encode(), b"0")
 
 
 PUT, TAKE, DELETE = _Script("put", _PUT), _Script("take", _TAKE), _Script("delete", _DELETE)
@@ -337,10 +345,11 @@ class RedisAdapter(Adapter):
         deadline = time.monotonic() + timeout
         while True:
             reply = self._call(TAKE, *queues)
-            if isinstance(reply, list):
-                index, id, body, priority, ttr, deliveries = reply
-                return Job(_text(id), queues[int(index) - 1], bytes(body), int(priority), int(ttr),
-                           int(deliveries), str(int(deliveries)))  # fmt: skip
+            if isinstance(reply, bytes):  # b"INDEX ID PRIORITY TTR DELIVERIES\nBODY"
+                head, _, body = reply.partition(b"\n")
+                index, id, priority, ttr, deliveries = head.split()
+                return Job(id.decode(), queues[int(index) - 1], body, int(priority), int(ttr),
+                           int(deliveries), deliveries.decode())  # fmt: skip
             left = deadline - time.monotonic()
             if left <= 0:
                 return None
@@ -365,7 +374,7 @@ class RedisAdapter(Adapter):
             self._call(DELETE, *args)
             return
         try:
-            self._conn.send_command("EVALSHA", DELETE.sha, 0, *args)
+            self._conn.send_packed_command([_pack(DELETE.evalsha, args)], check_health=False)
         except rex.RedisError as exc:
             raise self._translate(exc, "delete") from exc
         self._pending.append((DELETE, args))
@@ -422,7 +431,7 @@ class RedisAdapter(Adapter):
     def _call(self, script: _Script, *args: Any) -> Any:
         """Run ``script`` by EVALSHA; read any pipelined acks' replies first. Translates errors."""
         try:
-            self._conn.send_command("EVALSHA", script.sha, 0, *args)
+            self._conn.send_packed_command([_pack(script.evalsha, args)], check_health=False)
             redo = self._drain()
             try:
                 reply = self._conn.read_response()
@@ -469,6 +478,15 @@ class RedisAdapter(Adapter):
             kind = BackendTimeoutError if isinstance(exc, rex.TimeoutError) else BackendConnectionError
             return kind(f"Redis {self.where} ({what}): {exc}")
         return BackendError(f"Redis {self.where} ({what}): {exc}")
+
+
+def _pack(head: tuple[bytes, ...], args: tuple[Any, ...]) -> bytes:
+    """The RESP request for ``head + args`` (bytes as they are; anything else as its str())."""
+    parts = [b"*%d\r\n" % (len(head) + len(args))]
+    for item in (*head, *args):
+        data = item if isinstance(item, bytes) else str(item).encode()
+        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(parts)
 
 
 def _text(value: Any) -> str:
