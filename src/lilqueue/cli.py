@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import click
 
@@ -74,7 +74,23 @@ def fail_cleanly(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-@click.group(context_settings=CONTEXT, invoke_without_command=True)
+class AliasGroup(click.Group):
+    """Accepts the seed's flags: ``lilqueue [OPTIONS] --watch Q [WATCH OPTIONS]`` is ``watch Q``."""
+
+    ALIASES: ClassVar[dict[str, str]] = {"--watch": "watch", "--send": "send", "--list": "list"}
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        for i, arg in enumerate(args):
+            flag, eq, value = arg.partition("=")
+            if flag in self.ALIASES:
+                args = [*args[:i], self.ALIASES[flag], *([value] if eq else []), *args[i + 1 :]]
+                break
+            if not arg.startswith("-") or arg == "--":
+                break
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=AliasGroup, context_settings=CONTEXT, invoke_without_command=True)
 @click.option(
     "--config",
     "config",
@@ -90,9 +106,6 @@ def fail_cleanly(func: Callable[..., Any]) -> Callable[..., Any]:
     help="Where queues and workers are registered [env LILQUEUE_APP].",
 )
 @click.option("--backend", metavar="URL", envvar="LILQUEUE_BACKEND", help="Backend URL or name [env LILQUEUE_BACKEND].")
-@click.option("--watch", "watch_alias", metavar="QUEUES", help="Seed alias of 'watch QUEUES'.")
-@click.option("--send", "send_alias", metavar="Q:T:M", help="Seed alias of 'send Q:T:M'.")
-@click.option("--list", "list_alias", is_flag=True, help="Seed alias of 'list'.")
 @click.version_option(package_name="lilqueue")
 @click.pass_context
 def main(
@@ -100,26 +113,13 @@ def main(
     config: str | None,
     app_path: str | None,
     backend: str | None,
-    watch_alias: str | None,
-    send_alias: str | None,
-    list_alias: bool,
 ) -> None:
-    """lilqueue: run workers, send tasks and inspect queues on any backend."""
+    """lilqueue: run workers, send tasks and inspect queues on any backend.
+
+    The seed's flags work too: --watch QUEUES, --send Q:T:M, --list.
+    """
     ctx.obj = Context(config, app_path, backend)
-    aliases = [a for a in (watch_alias, send_alias, list_alias) if a]
-    if ctx.invoked_subcommand is not None:
-        if aliases:
-            raise click.UsageError("use either a seed alias (--watch/--send/--list) or a command, not both")
-        return
-    if len(aliases) > 1:
-        raise click.UsageError("give one of --watch, --send, --list")
-    if watch_alias:
-        ctx.invoke(watch, queues=watch_alias)
-    elif send_alias:
-        ctx.invoke(send, spec=send_alias)
-    elif list_alias:
-        ctx.invoke(list_queues)
-    else:
+    if ctx.invoked_subcommand is None:
         click.echo(ctx.get_help())
 
 

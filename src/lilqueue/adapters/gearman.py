@@ -364,26 +364,31 @@ class GearmanAdapter(Adapter):
     def reserve(self, queues: Sequence[str], timeout: float) -> Job | None:
         """Grab from every server in turn; when none has a job, sleep (PRE_SLEEP) until NOOP.
 
-        Also wakes every ``poll_interval`` (an epoch job falling due sends no NOOP). If a
-        NOOP leads to nothing twice running (low-band jobs held back by a waiting epoch
-        job make gearmand wake us at once), it backs off instead of spinning.
+        Also wakes every ``poll_interval`` (an epoch job falling due sends no NOOP). When
+        NOOPs keep coming with nothing to grab (gearmand wakes a sleeper at once while
+        low-band jobs are held back behind a waiting epoch job), it backs off, doubling
+        from 10 ms up to ``poll_interval``, instead of spinning.
         """
         deadline = time.monotonic() + timeout
         names = {q + DELAYED_SUFFIX: q for q in queues} | {q: q for q in queues}
-        functions = tuple(f for q in dict.fromkeys(queues) for f in (q + DELAYED_SUFFIX, q))
+        # gearmand consults a worker's functions in the reverse order of its CAN_DOs: so the
+        # first queue first, and in each queue '<queue>@delayed' first (a task fallen due
+        # is not starved by a busy queue)
+        functions = tuple(f for q in reversed(dict.fromkeys(queues)) for f in (q, q + DELAYED_SUFFIX))
+        woken = False
         while True:
             job = self._grab_any(functions, names)
             if job is not None:
                 self._wasted_wakes = 0
                 return job
+            self._wasted_wakes = min(self._wasted_wakes + 1, 12) if woken else 0
             left = deadline - time.monotonic()
             if left <= 0:
                 return None
             if self._wasted_wakes >= 2:
                 time.sleep(min(left, self.poll_interval, 0.01 * 2 ** (self._wasted_wakes - 2)))
-                self._wasted_wakes = min(self._wasted_wakes + 1, 12)
-                continue
-            self._wasted_wakes = self._wasted_wakes + 1 if self._sleep(min(left, self.poll_interval)) else 0
+                left = deadline - time.monotonic()
+            woken = self._sleep(max(min(left, self.poll_interval), 0.0))
 
     def _live(self) -> Iterator[_Server]:
         now = time.monotonic()

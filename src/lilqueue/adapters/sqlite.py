@@ -146,7 +146,7 @@ class SQLiteAdapter(Adapter):
         if row is None:
             return None
         id, queue, body, priority, ttr, deliveries = row
-        return Job(str(id), queue, body, priority, ttr, deliveries, deliveries)
+        return Job(str(id), queue, _bytes(body), priority, ttr, deliveries, deliveries)
 
     def _wait(self, queues: Sequence[str], version: int, deadline: float) -> bool:
         """Sleep until another connection commits, a delay or lease falls due, or ``deadline``."""
@@ -203,7 +203,7 @@ class SQLiteAdapter(Adapter):
             f"SELECT id, body, reason, held_at FROM {self.table} "
             f"WHERE queue=? AND state={HELD} ORDER BY held_at, id LIMIT ?"
         )
-        return [HeldJob(str(i), queue, bytes(b), r, h) for i, b, r, h in self._run(sql, (queue, limit))]
+        return [HeldJob(str(i), queue, _bytes(b), r, h) for i, b, r, h in self._run(sql, (queue, limit))]
 
     def peek(self, queue: str, state: PeekState) -> Peeked | None:
         t = self.table
@@ -214,7 +214,7 @@ class SQLiteAdapter(Adapter):
         }[state]
         sql = f"SELECT id, body, priority FROM {t} WHERE queue = ?1 AND {where} LIMIT 1"
         row = self._run(sql, (queue, time.time()) if "?2" in where else (queue,)).fetchone()
-        return None if row is None else Peeked(str(row[0]), queue, bytes(row[1]), row[2])
+        return None if row is None else Peeked(str(row[0]), queue, _bytes(row[1]), row[2])
 
     def stats(self, queue: str) -> QueueStats:
         sql = (
@@ -255,6 +255,11 @@ def _option(key: str, value: Any) -> Any:
             raise ConfigError(f"{where}: must be a positive number of seconds, not {value!r}")
         return number
     raise ConfigError(f"{where}: unknown option (expected path, table, synchronous, poll_interval, busy_timeout)")
+
+
+def _bytes(body: object) -> bytes:
+    """A body as bytes, even if another writer stored text or a number in the column."""
+    return body if isinstance(body, bytes) else str(body).encode("utf-8", "surrogateescape")
 
 
 def _int(id: str) -> int:
