@@ -471,7 +471,6 @@ class Admin:
         """Send one admin command; return the answer's lines (without the final ``.``)."""
         if "\n" in line or "\r" in line:
             raise ValueError("an admin command is one line")
-        self._buffer.clear()
         self.conn.send_raw(line.encode("utf-8") + b"\n")
         lines: list[str] = []
         while True:
