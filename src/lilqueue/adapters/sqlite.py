@@ -135,18 +135,30 @@ class SQLiteAdapter(Adapter):
     def _take(self, queues: Sequence[str]) -> Job | None:
         sql = self._take_sql.get(len(queues))
         if sql is None:
-            t, marks = self.table, ",".join(f"?{i + 2}" for i in range(len(queues)))
-            sql = self._take_sql[len(queues)] = (
-                f"UPDATE {t} SET state={RESERVED}, due=?1 + ttr, deliveries=deliveries+1 "
-                f"WHERE id = (SELECT id FROM {t} WHERE queue IN ({marks}) AND state < {HELD} AND due <= ?1 "
-                "ORDER BY priority, id LIMIT 1) "
-                "RETURNING id, queue, body, priority, ttr, deliveries"
-            )
+            sql = self._take_sql[len(queues)] = self._take_statement(len(queues))
         row = self._run(sql, (time.time(), *queues)).fetchone()
         if row is None:
             return None
         id, queue, body, priority, ttr, deliveries = row
         return Job(str(id), queue, _bytes(body), priority, ttr, deliveries, deliveries)
+
+    def _take_statement(self, count: int) -> str:
+        """One UPDATE claiming the most urgent ready row of ``count`` queues (?2, ?3, ...).
+
+        Each queue's candidate comes from its own walk of the (queue, priority, id)
+        index, so the cost does not grow with the number of ready rows.
+        """
+        t = self.table
+        heads = " UNION ALL ".join(
+            f"SELECT * FROM (SELECT id, priority FROM {t} INDEXED BY {t}_take WHERE queue = ?{i + 2} "
+            f"AND state < {HELD} AND due <= ?1 ORDER BY priority, id LIMIT 1)"
+            for i in range(count)
+        )
+        pick = heads if count == 1 else f"SELECT id, priority FROM ({heads}) ORDER BY priority, id LIMIT 1"
+        return (
+            f"UPDATE {t} SET state={RESERVED}, due=?1 + ttr, deliveries=deliveries+1 "
+            f"WHERE id = (SELECT id FROM ({pick})) RETURNING id, queue, body, priority, ttr, deliveries"
+        )
 
     def _wait(self, queues: Sequence[str], version: int, deadline: float) -> bool:
         """Sleep until another connection commits, a delay or lease falls due, or ``deadline``."""

@@ -1,0 +1,1 @@
+"""lilqueue's benchmark harness: `python -m bench` (or `make bench`)."""

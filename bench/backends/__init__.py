@@ -1,0 +1,1 @@
+"""One module per backend: NAME, server() -> URL, raw(url, n) -> rates of the raw client."""

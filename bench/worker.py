@@ -1,0 +1,58 @@
+"""The worker side of a benchmark: a separate process, as in production.
+
+``python -m bench.worker URL QUEUE --burst``: drain the queue (no-op tasks), then print
+``{"processed", "seconds", "peak_rss_mb"}`` as JSON.
+``python -m bench.worker URL QUEUE --latency N``: print "ready", then for each of N
+tasks print the milliseconds from its enqueue (``data["t"]``) to its start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+
+import lilqueue
+from lilqueue.config import load_settings
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("url")
+    parser.add_argument("queue")
+    parser.add_argument("--burst", action="store_true")
+    parser.add_argument("--latency", type=int, default=0)
+    args = parser.parse_args()
+    app = lilqueue.App(settings=load_settings(backend=args.url, env={}))
+    queue = app.queue(args.queue)
+    if args.latency:
+        latency(app, queue, args.latency)
+    else:
+        drain(app, queue)
+
+
+def drain(app: lilqueue.App, queue: lilqueue.QueueHandler) -> None:
+    queue.worker("noop")(lambda task: None)
+    app.adapter.stats(queue.backend_name)  # connect before the clock starts
+    started = time.perf_counter()
+    processed = app.watch([queue.name], burst=True, install_signal_handlers=False)
+    seconds = time.perf_counter() - started
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"processed": processed, "seconds": seconds, "peak_rss_mb": round(peak, 1)}), flush=True)
+
+
+def latency(app: lilqueue.App, queue: lilqueue.QueueHandler, n: int) -> None:
+    def ping(task: lilqueue.Task) -> None:
+        sys.stdout.write(f"{(time.time() - task.data['t']) * 1000:.4f}\n")
+        sys.stdout.flush()
+
+    queue.worker("ping")(ping)
+    app.adapter.stats(queue.backend_name)
+    print("ready", flush=True)
+    app.watch([queue.name], max_tasks=n, install_signal_handlers=False)
+
+
+if __name__ == "__main__":
+    main()
