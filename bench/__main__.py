@@ -27,7 +27,8 @@ def available() -> list[str]:
 def machine() -> dict[str, Any]:
     cpu = ""
     try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
     return {"python": platform.python_version(), "cores": os.cpu_count(), "cpu": cpu, "system": platform.platform()}
@@ -42,7 +43,8 @@ def fmt(value: Any, unit: str = "") -> str:
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    head = f"{'backend':<11} {'implementation':<44} {'put/s':>9} {'process/s':>10} {'p50 ms':>7} {'p99 ms':>7} {'RSS MB':>7}"
+    head = f"{'backend':<11} {'implementation':<44} {'put/s':>9} {'process/s':>10} "
+    head += f"{'p50 ms':>7} {'p99 ms':>7} {'RSS MB':>7}"
     out = [head, "-" * len(head)]
     for r in rows:
         out.append(
