@@ -1,0 +1,992 @@
+"""``beanstalkd://HOST:PORT[,HOST:PORT...]``: beanstalkd 1.12 through greenstalk, with server pools.
+
+Everything is native: a queue is a tube (named exactly as the queue, after the
+core's optional ``prefix``), priorities, delays (whole seconds, rounded up), TTR,
+touch, release, bury, kick and per-tube stats are beanstalkd's own. What beanstalkd
+lacks, and how this adapter supplies it:
+
+Deliveries and the hot path
+    A reserved job says neither its tube, priority, TTR nor how often it was handed
+    out, so each reservation costs one ``stats-job`` round trip: ``Job.deliveries``
+    is the job's ``reserves`` count (it also counts releases for retry and TTR
+    lapses, which is what the runner's attempt count needs). To pay for it, a
+    ``delete`` is pipelined: it is written at once, and its reply is read together
+    with the next command's (normally the next ``reserve``), so a processed task
+    still costs two round trips, as in a raw ``reserve`` + ``delete`` loop.
+
+Hold reasons
+    beanstalkd keeps nothing but the job on a buried job, and can only show the
+    oldest buried job of a tube. So before burying job ``ID`` of tube ``T`` the
+    adapter puts a small JSON *reason record* (``tube``, ``id``, ``reason``,
+    ``held_at``, ``buries``) as a ready job in its own tube
+    ``lilqueue-held/T/<held_at ms>/ID`` (``T`` replaced by ``$<digest>`` when the
+    name would pass beanstalkd's 200 bytes). ``list-tubes`` therefore lists every
+    held task, in the order held, without reserving anything; the records live in
+    the binlog like any job, so they survive a restart. A record is valid while job
+    ``ID`` is buried in ``T`` with the same ``buries`` count; stale records (the job
+    was kicked, deleted or re-held by another client) are deleted when met. Jobs
+    buried by other clients have no record; the oldest one is still listed (with no
+    reason) and kicked. Nobody watches the record tubes, so no worker takes them.
+
+Server pools
+    Producers spread tasks round-robin over the servers and fail over to the next
+    one when a server is unreachable (it is then skipped for a growing pause); only
+    when every server fails is :class:`BackendConnectionError` raised. A put that
+    fails mid-way may have been stored, so failover can duplicate a task, never lose
+    one. Workers first take a ready job from any server (rotating the starting
+    server for fairness), then wait on all of them at once (``select``); when one
+    answers, the other waits are cancelled by closing those connections (beanstalkd
+    hands back anything reserved on a closed connection at once), or, if their
+    answer already came, the job is kept for the next call and touched first. Stats,
+    held listings, kick and delete cover every server. Ids are beanstalkd's job ids
+    for a single server and ``host:port/id`` in a pool, so they stay unique.
+
+The TTR quirk of beanstalkd 1.12
+    While the connection that reserved a job stays idle, the server often keeps the
+    job reserved long past its TTR (upstream PR #334); any command on that
+    connection, or closing it, makes it notice. So when this adapter holds a job
+    past its TTR (a worker stuck in Python code), a small daemon thread sends a
+    harmless ``list-tube-used`` on that connection, and the job goes back to the
+    ready queue for another worker; the stuck worker's later ``delete`` is refused
+    by the server, so the task is completed once. A process that cannot run that
+    thread at all (stopped, or stuck in C code holding the GIL) is the supervisor's
+    TTR watchdog's business: killing it closes the connection.
+
+One adapter is one connection per server and must stay in one thread (greenstalk
+is not thread-safe; the App makes one adapter per thread). Times are in seconds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import logging
+import math
+import random
+import re
+import select
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any, ClassVar, TypeVar
+from urllib.parse import parse_qsl
+
+import greenstalk
+
+from lilqueue.adapters.base import (
+    Adapter,
+    Capabilities,
+    HeldJob,
+    Job,
+    Peeked,
+    PeekState,
+    QueueStats,
+    native,
+)
+from lilqueue.errors import (
+    BackendConnectionError,
+    BackendError,
+    BackendTimeoutError,
+    ConfigError,
+    TaskError,
+)
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 11300
+DEFAULT_MAX_JOB_SIZE = 65_535
+HELD_PREFIX = "lilqueue-held/"
+MAX_TUBE = 200
+#: seconds after a lease's TTR before the nudger pokes its connection
+NUDGE_MARGIN = 0.1
+#: longest pause, in seconds, before an unreachable server is tried again
+DOWN_CAP = 30.0
+OPTIONS = ("servers", "connect_timeout", "io_timeout")
+_TUBE = re.compile(r"[A-Za-z0-9+/;.$_()][A-Za-z0-9\-+/;.$_()]*\Z")
+#: what a broken or desynchronised connection raises (greenstalk asserts on bad framing)
+_BROKEN = (OSError, AssertionError, ValueError)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Server:
+    """One beanstalkd server of the pool."""
+
+    host: str
+    port: int = DEFAULT_PORT
+
+    @property
+    def key(self) -> str:
+        """``host:port``, the prefix of this server's task ids in a pool."""
+        return f"{self.host}:{self.port}"
+
+
+class _Client(greenstalk.Client[bytes]):
+    """greenstalk's client plus a split send / receive, so replies can be pipelined."""
+
+    def send(self, data: bytes) -> None:
+        self._sock.sendall(data)
+
+    def reply(self, word: bytes) -> list[bytes]:
+        """The values of the next reply line if it is ``word``; greenstalk's error otherwise."""
+        line = self._reader.readline()
+        if not line.endswith(b"\r\n"):
+            raise ConnectionError("beanstalkd closed the connection")
+        status, *values = line.split()
+        if status == word:
+            return values
+        error = greenstalk.ERROR_RESPONSES.get(status)
+        if error is not None:
+            raise error(values)
+        raise greenstalk.UnknownResponseError(status, values)
+
+    def chunk(self, size: int) -> bytes:
+        """The next ``size`` bytes of data and their CRLF."""
+        data = self._reader.read(size + 2)
+        if len(data) != size + 2:
+            raise ConnectionError("beanstalkd closed the connection in the middle of a reply")
+        return bytes(data[:-2])
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Lease:
+    """``Job.receipt``: which connection (and which life of it) reserved which job."""
+
+    conn: _Conn
+    generation: int
+    jid: int
+    buries: int
+
+
+class _Conn:
+    """The connection to one server: connected lazily, re-connected after a failure.
+
+    ``acks`` are the replies still owed for pipelined deletes; every exchange reads
+    them after sending its own command. ``leases`` (job id -> monotonic time its TTR
+    lapses) are what the nudger watches; ``lock`` serialises the owner thread and it.
+    """
+
+    def __init__(self, server: Server, index: int, connect_timeout: float, io_timeout: float) -> None:
+        self.server = server
+        self.key = server.key
+        self.index = index
+        self.connect_timeout = connect_timeout
+        self.io_timeout = io_timeout
+        self.client: _Client | None = None
+        self.sock: socket.socket | None = None
+        self.lock = threading.Lock()
+        self.generation = 0
+        self.acks = 0
+        self.used = "default"
+        self.watched: tuple[str, ...] = ("default",)
+        self.max_job_size = DEFAULT_MAX_JOB_SIZE
+        self.leases: dict[int, float] = {}
+        self.leases_lock = threading.Lock()
+        self.failures = 0
+        self.down_until = 0.0
+
+    def __repr__(self) -> str:
+        return f"<beanstalkd {self.key}>"
+
+    # -- connecting and failing --------------------------------------------------
+
+    def connect(self) -> _Client:
+        """The live client, connecting first if needed (within ``connect_timeout``)."""
+        if self.client is not None:
+            return self.client
+        try:
+            sock = socket.create_connection((self.server.host, self.server.port), timeout=self.connect_timeout)
+        except OSError as exc:
+            raise self.broken(exc) from exc
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            sock.settimeout(self.io_timeout)
+            client = _Client(sock, encoding=None)
+            self.max_job_size = int(client.stats()["max-job-size"])
+        except (*_BROKEN, greenstalk.Error) as exc:
+            sock.close()
+            raise self.broken(exc) from exc
+        self.client, self.sock = client, sock
+        self.used, self.watched, self.acks = "default", ("default",), 0
+        return client
+
+    def broken(self, exc: BaseException) -> BackendConnectionError:
+        """Drop the connection after ``exc`` and pause this server; the error to raise."""
+        self.drop()
+        self.failures += 1
+        self.down_until = time.monotonic() + min(DOWN_CAP, 0.5 * 2 ** min(self.failures - 1, 6))
+        cls = BackendTimeoutError if isinstance(exc, TimeoutError) else BackendConnectionError
+        return cls(f"beanstalkd {self.key}: {exc or type(exc).__name__}")
+
+    def drop(self) -> None:
+        """Close the connection; the server hands back whatever it had reserved for us."""
+        client, self.client, self.sock = self.client, None, None
+        self.generation += 1
+        self.acks = 0
+        with self.leases_lock:
+            self.leases.clear()
+        if client is not None:
+            try:
+                client.close()
+            except OSError:
+                pass
+
+    def healthy(self) -> None:
+        self.failures, self.down_until = 0, 0.0
+
+    def is_down(self, now: float) -> bool:
+        return self.client is None and now < self.down_until
+
+    # -- talking -------------------------------------------------------------------
+
+    def settle(self, client: _Client) -> None:
+        """Read the replies owed for pipelined deletes (NOT_FOUND: the lease had lapsed)."""
+        while self.acks:
+            self.acks -= 1
+            try:
+                client.reply(b"DELETED")
+            except greenstalk.NotFoundError:
+                log.debug("a pipelined delete on %s found no job (its lease had lapsed)", self.key)
+
+    @contextmanager
+    def session(self) -> Iterator[_Client]:
+        """Exclusive use of the settled connection; driver errors become lilqueue's."""
+        with self.lock:
+            client = self.connect()
+            try:
+                self.settle(client)
+                yield client
+            except _BROKEN as exc:
+                raise self.broken(exc) from exc
+            except greenstalk.Error as exc:
+                raise BackendError(f"beanstalkd {self.key}: {type(exc).__name__} {exc}") from exc
+
+    def use(self, client: _Client, tube: str) -> None:
+        if self.used != tube:
+            client.use(tube)
+            self.used = tube
+
+    def watch_only(self, client: _Client, tubes: tuple[str, ...]) -> None:
+        """Make the watch list exactly ``tubes`` (watch the new ones before ignoring)."""
+        if self.watched == tubes:
+            return
+        for tube in tubes:
+            if tube not in self.watched:
+                client.watch(tube)
+        for tube in self.watched:
+            if tube not in tubes:
+                client.ignore(tube)
+        self.watched = tubes
+
+    # -- leases, for the nudger ------------------------------------------------------
+
+    def lease(self, jid: int, ttr: int) -> float:
+        """Remember that job ``jid`` is ours for ``ttr`` seconds; when the nudger should look."""
+        due = time.monotonic() + ttr + NUDGE_MARGIN
+        with self.leases_lock:
+            self.leases[jid] = due
+        return due
+
+    def unlease(self, jid: int) -> None:
+        with self.leases_lock:
+            self.leases.pop(jid, None)
+
+    def next_due(self) -> float | None:
+        with self.leases_lock:
+            return min(self.leases.values(), default=None)
+
+    def nudge(self, now: float) -> None:
+        """Poke the server if a lease here has lapsed, so that it hands the job back."""
+        with self.leases_lock:
+            lapsed = [jid for jid, due in self.leases.items() if due <= now]
+            for jid in lapsed:
+                del self.leases[jid]
+        if not lapsed or self.client is None:
+            return
+        with self.lock:
+            client = self.client
+            if client is None:
+                return
+            try:
+                client.send(b"list-tube-used\r\n")
+                self.settle(client)
+                client.reply(b"USING")
+            except (*_BROKEN, greenstalk.Error) as exc:
+                log.debug("nudging %s failed: %s", self.key, exc)
+                self.drop()
+                return
+        log.warning(
+            "jobs %s on %s outlived their ttr; beanstalkd was told to hand them to another worker", lapsed, self.key
+        )
+
+
+class _Nudger(threading.Thread):
+    """Makes beanstalkd 1.12 notice lapsed leases on idle connections (see the module doc)."""
+
+    def __init__(self, conns: Sequence[_Conn]) -> None:
+        super().__init__(name="lilqueue-beanstalkd-ttr", daemon=True)
+        self.conns = conns
+        self.wake = threading.Event()
+        self.planned = math.inf
+        self.stopped = False
+
+    def due(self, when: float) -> None:
+        """A lease lapses at ``when`` (monotonic): make sure we look by then."""
+        if when < self.planned:
+            self.planned = when
+            self.wake.set()
+
+    def stop(self) -> None:
+        self.stopped = True
+        self.wake.set()
+
+    def run(self) -> None:
+        while not self.stopped:
+            dues = [d for c in self.conns if (d := c.next_due()) is not None]
+            self.planned = min(dues, default=math.inf)
+            wait = None if self.planned == math.inf else max(0.0, self.planned - time.monotonic())
+            self.wake.wait(wait)
+            self.wake.clear()
+            now = time.monotonic()
+            for conn in self.conns:
+                conn.nudge(now)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Record:
+    """Where a held job's reason record lives."""
+
+    conn: _Conn
+    tube: str  # the record's own tube
+    held_ms: int
+    jid: int
+
+
+class BeanstalkdAdapter(Adapter):
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        priority=native("beanstalkd priorities; kept on release and bury"),
+        delay=native("whole seconds, rounded up"),
+        ttr=native("beanstalkd TTR; idle connections holding a lapsed job are nudged (1.12 quirk)"),
+        touch=native(),
+        retry=native("release with the task's priority and a delay"),
+        hold=native("bury; reason and time in a record tube per held task"),
+        kick=native("kick-job, oldest held first"),
+        stats=native("stats-tube, summed over the pool"),
+        blocking_reserve=native("reserve-with-timeout (whole seconds); select() across a pool"),
+        fifo=native("first in, first out within one priority on one server"),
+        notes="durable when beanstalkd runs with a binlog (-b DIR); ids are host:port/id in a pool",
+    )
+
+    def __init__(self, servers: Sequence[Server], *, connect_timeout: float = 2.0, io_timeout: float = 10.0) -> None:
+        if not servers:
+            raise ConfigError("queue.beanstalkd.servers: give at least one server")
+        self.conns = [_Conn(s, i, connect_timeout, io_timeout) for i, s in enumerate(servers)]
+        self.by_key = {c.key: c for c in self.conns}
+        self.pooled = len(self.conns) > 1
+        self._next = random.randrange(len(self.conns))  # producers start at different servers
+        self._stash: list[Job] = []
+        self._nudger: _Nudger | None = None
+
+    def __repr__(self) -> str:
+        return f"<BeanstalkdAdapter {','.join(self.by_key)}>"
+
+    @classmethod
+    def from_config(cls, url: str | None, options: Mapping[str, Any]) -> BeanstalkdAdapter:
+        opts = dict(options)
+        if url is not None:
+            servers, query = _parse_url(url)
+            opts.pop("servers", None)  # the URL names the servers
+            opts.update(query)
+        else:
+            servers = _parse_servers(opts.pop("servers", [{}]))
+        kwargs = {key: _timeout(key, value) for key, value in opts.items()}
+        return cls(servers, **kwargs)
+
+    # -- producing -----------------------------------------------------------------
+
+    def put(self, queue: str, body: bytes, *, priority: int, delay: float, ttr: int) -> str:
+        tube = _tube(queue)
+        command = b"put %d %d %d %d\r\n%b\r\n" % (priority, _seconds(delay), ttr, len(body), body)
+        failures: list[BackendConnectionError] = []
+        for conn in self._put_order():
+            try:
+                return self._id(conn, self._put_on(conn, tube, command, len(body)))
+            except BackendConnectionError as exc:
+                failures.append(exc)
+        summary = "; ".join(str(e) for e in failures)
+        raise BackendConnectionError(f"no beanstalkd server took the task ({summary})") from failures[-1]
+
+    def _put_order(self) -> list[_Conn]:
+        """Every server, starting with the next in turn; those in a failure pause last."""
+        n = len(self.conns)
+        start, self._next = self._next, (self._next + 1) % n
+        ordered = [self.conns[(start + i) % n] for i in range(n)]
+        now = time.monotonic()
+        return [c for c in ordered if not c.is_down(now)] + [c for c in ordered if c.is_down(now)]
+
+    def _put_on(self, conn: _Conn, tube: str, command: bytes, size: int) -> int:
+        with conn.lock:
+            client = conn.connect()
+            if size > conn.max_job_size:
+                raise TaskError(f"task body is {size} bytes; beanstalkd {conn.key} takes at most {conn.max_job_size}")
+            try:
+                switch = conn.used != tube
+                client.send(b"use %b\r\n%b" % (tube.encode(), command) if switch else command)
+                conn.settle(client)
+                if switch:
+                    client.reply(b"USING")
+                    conn.used = tube
+                (jid,) = client.reply(b"INSERTED")
+            except _BROKEN as exc:
+                raise conn.broken(exc) from exc
+            except greenstalk.JobTooBigError as exc:
+                raise TaskError(f"task body is {size} bytes; too big for beanstalkd {conn.key}") from exc
+            except (greenstalk.DrainingError, greenstalk.OutOfMemoryError) as exc:
+                raise BackendConnectionError(f"beanstalkd {conn.key} refuses new jobs: {type(exc).__name__}") from exc
+            except greenstalk.BuriedError as exc:
+                raise BackendError(f"beanstalkd {conn.key} is out of memory and buried the task") from exc
+            except greenstalk.Error as exc:
+                raise BackendError(f"beanstalkd {conn.key}: {type(exc).__name__} {exc}") from exc
+        conn.healthy()
+        return int(jid)
+
+    # -- reserving -------------------------------------------------------------------
+
+    def reserve(self, queues: Sequence[str], timeout: float) -> Job | None:
+        tubes = tuple(_tube(q) for q in queues)
+        if self._stash:
+            return self._unstash()
+        if not self.pooled:
+            return self._reserve_on(self.conns[0], tubes, _seconds(timeout))
+        return self._reserve_pool(tubes, timeout)
+
+    def _reserve_on(self, conn: _Conn, tubes: tuple[str, ...], seconds: int) -> Job | None:
+        """One ``reserve-with-timeout`` on one server (plus ``stats-job`` when it gives a job)."""
+        with conn.lock:
+            client = conn.connect()
+            sock = conn.sock
+            try:
+                if conn.watched != tubes:
+                    conn.watch_only(client, tubes)
+                if seconds and sock is not None:
+                    sock.settimeout(seconds + conn.io_timeout)
+                client.send(b"reserve-with-timeout %d\r\n" % seconds)
+                conn.settle(client)
+                return self._reserved(conn, client)
+            except _BROKEN as exc:
+                raise conn.broken(exc) from exc
+            except greenstalk.Error as exc:
+                raise BackendError(f"beanstalkd {conn.key}: {type(exc).__name__} {exc}") from exc
+            finally:
+                if seconds and sock is not None and conn.sock is sock:
+                    sock.settimeout(conn.io_timeout)
+
+    def _reserved(self, conn: _Conn, client: _Client) -> Job | None:
+        """Read a reserve reply; for a job, ask its stats. Called holding ``conn.lock``."""
+        try:
+            jid_, size = client.reply(b"RESERVED")
+        except greenstalk.TimedOutError:
+            return None
+        except greenstalk.DeadlineSoonError:
+            time.sleep(0.05)  # we hold a job about to lapse: let the caller come back
+            return None
+        jid = int(jid_)
+        body = client.chunk(int(size))
+        client.send(b"stats-job %d\r\n" % jid)
+        (length,) = client.reply(b"OK")
+        stats = _job_stats(client.chunk(int(length)))
+        ttr = int(stats[b"ttr"])
+        due = conn.lease(jid, ttr)
+        self._nudge_by(conn, due)
+        lease = _Lease(conn, conn.generation, jid, int(stats[b"buries"]))
+        tube, priority, reserves = stats[b"tube"].decode(), int(stats[b"pri"]), int(stats[b"reserves"])
+        conn.healthy()
+        return Job(self._id(conn, jid), tube, body, priority, ttr, reserves, lease)
+
+    def _nudge_by(self, conn: _Conn, due: float) -> None:
+        nudger = self._nudger
+        if nudger is None:
+            nudger = self._nudger = _Nudger(self.conns)
+            nudger.start()
+        nudger.due(due)
+
+    def _live(self) -> list[_Conn]:
+        """The servers not in a failure pause, starting with the next in turn."""
+        n, now = len(self.conns), time.monotonic()
+        start, self._next = self._next, (self._next + 1) % n
+        live = [c for i in range(n) if not (c := self.conns[(start + i) % n]).is_down(now)]
+        if not live:
+            raise BackendConnectionError(f"every beanstalkd server is unreachable ({', '.join(self.by_key)})")
+        return live
+
+    def _reserve_pool(self, tubes: tuple[str, ...], timeout: float) -> Job | None:
+        """A ready job from any server; else wait on all of them at once."""
+        live, errors = self._live(), []
+        for conn in live:
+            try:
+                job = self._reserve_on(conn, tubes, 0)
+            except BackendConnectionError as exc:
+                errors.append(exc)
+                continue
+            if job is not None:
+                return job
+        if len(errors) == len(live):
+            raise BackendConnectionError(f"no beanstalkd server reachable: {errors[-1]}") from errors[-1]
+        if timeout <= 0:
+            return None
+        return self._wait_pool([c for c in live if c.client is not None], tubes, _seconds(timeout))
+
+    def _wait_pool(self, conns: list[_Conn], tubes: tuple[str, ...], seconds: int) -> Job | None:
+        waiting: dict[socket.socket, _Conn] = {}
+        for conn in conns:
+            if (sock := self._begin_wait(conn, tubes, seconds)) is not None:
+                waiting[sock] = conn
+        deadline = time.monotonic() + seconds + max(c.io_timeout for c in conns)
+        found: Job | None = None
+        while waiting and found is None and (left := deadline - time.monotonic()) > 0:
+            ready, _, _ = select.select(list(waiting), [], [], left)
+            for sock in ready:
+                job = self._end_wait(waiting.pop(sock))
+                if job is not None and found is None:
+                    found = job
+                elif job is not None:
+                    self._stash.append(job)
+        self._cancel_waits(waiting)
+        return found
+
+    def _begin_wait(self, conn: _Conn, tubes: tuple[str, ...], seconds: int) -> socket.socket | None:
+        """Send a blocking reserve to ``conn``; the socket to wait on (None if it failed)."""
+        with conn.lock:
+            client, sock = conn.client, conn.sock
+            if client is None or sock is None:
+                return None
+            try:
+                conn.settle(client)
+                conn.watch_only(client, tubes)
+                client.send(b"reserve-with-timeout %d\r\n" % seconds)
+            except (*_BROKEN, greenstalk.Error) as exc:
+                log.warning("beanstalkd %s: %s", conn.key, conn.broken(exc))
+                return None
+        return sock
+
+    def _end_wait(self, conn: _Conn) -> Job | None:
+        with conn.lock:
+            client = conn.client
+            if client is None:
+                return None
+            try:
+                return self._reserved(conn, client)
+            except (*_BROKEN, greenstalk.Error) as exc:
+                log.warning("beanstalkd %s: %s", conn.key, conn.broken(exc))
+                return None
+
+    def _cancel_waits(self, waiting: dict[socket.socket, _Conn]) -> None:
+        """Stop the waits still running: keep a job that already came, else hang up."""
+        if not waiting:
+            return
+        ready, _, _ = select.select(list(waiting), [], [], 0)
+        for sock in ready:
+            job = self._end_wait(waiting.pop(sock))
+            if job is not None:
+                self._stash.append(job)
+        for conn in waiting.values():
+            with conn.lock:
+                conn.drop()  # beanstalkd hands back anything it reserved for this wait
+
+    def _unstash(self) -> Job | None:
+        """A job reserved while waiting for another: touched first, as it waited."""
+        while self._stash:
+            job = self._stash.pop(0)
+            try:
+                self.touch(job)
+            except BackendConnectionError:
+                continue
+            return job
+        return None
+
+    # -- finishing a reserved job ----------------------------------------------------
+
+    def delete(self, job: Job) -> None:
+        lease: _Lease = job.receipt
+        conn = lease.conn
+        with conn.lock:
+            if conn.generation != lease.generation or conn.client is None:
+                return  # that connection is gone, and the server handed the job back
+            conn.unlease(lease.jid)
+            try:
+                conn.client.send(b"delete %d\r\n" % lease.jid)  # its reply is read with the next command
+            except _BROKEN as exc:
+                raise conn.broken(exc) from exc
+            conn.acks += 1
+
+    def release(self, job: Job, *, priority: int, delay: float) -> None:
+        self._finish(job, b"release %d %d %d\r\n" % (job.receipt.jid, priority, _seconds(delay)), b"RELEASED")
+
+    def bury(self, job: Job, *, reason: str) -> None:
+        lease: _Lease = job.receipt
+        if lease.conn.generation != lease.generation:
+            return
+        record = self._write_record(lease, job.queue, reason)
+        if not self._finish(job, b"bury %d %d\r\n" % (lease.jid, job.priority), b"BURIED"):
+            self._delete_records([record])
+
+    def touch(self, job: Job) -> None:
+        if self._finish(job, b"touch %d\r\n" % job.receipt.jid, b"TOUCHED", keep=True):
+            lease: _Lease = job.receipt
+            self._nudge_by(lease.conn, lease.conn.lease(lease.jid, job.ttr))
+
+    def _finish(self, job: Job, command: bytes, word: bytes, *, keep: bool = False) -> bool:
+        """Send a command about a job we reserved; False when the lease was already lost."""
+        lease: _Lease = job.receipt
+        conn = lease.conn
+        if conn.generation != lease.generation:
+            return False
+        with conn.session() as client:
+            if conn.generation != lease.generation:
+                return False
+            if not keep:
+                conn.unlease(lease.jid)
+            client.send(command)
+            try:
+                client.reply(word)
+            except greenstalk.NotFoundError:
+                log.info("job %s was no longer reserved by this worker (its ttr had lapsed)", job.id)
+                return False
+            except greenstalk.BuriedError:
+                log.error("beanstalkd %s ran out of memory and buried job %s", conn.key, job.id)
+        return True
+
+    # -- hold reasons -----------------------------------------------------------------
+
+    def _write_record(self, lease: _Lease, tube: str, reason: str) -> _Record:
+        conn, held_at = lease.conn, time.time()
+        held_ms = int(held_at * 1000)
+        record = _Record(conn, _held_stem(tube) + f"{held_ms}/{lease.jid}", held_ms, lease.jid)
+        body = {"tube": tube, "id": lease.jid, "reason": reason, "held_at": held_at, "buries": lease.buries + 1}
+        data = _fit(body, conn.max_job_size)
+        with conn.session() as client:
+            conn.use(client, record.tube)
+            client.put(data, priority=0, delay=0, ttr=3600)
+        return record
+
+    def _records(self, tube: str) -> list[_Record]:
+        """Every reason record of ``tube`` on every reachable server, oldest first."""
+        stem, found = _held_stem(tube), []
+        for conn in self._reachable():
+            with conn.session() as client:
+                names = client.tubes()
+            for name in names:
+                if name.startswith(stem) and (parsed := _parse_record_tube(name[len(stem) :])):
+                    found.append(_Record(conn, name, *parsed))
+        return sorted(found, key=lambda r: (r.held_ms, r.conn.index, r.jid))
+
+    def _read_record(self, record: _Record, tube: str) -> HeldJob | None:
+        """The held job a record speaks for, or None (and a stale record is deleted)."""
+        conn = record.conn
+        with conn.session() as client:
+            conn.use(client, record.tube)
+            rec_job = _found(client.peek_ready)
+            if rec_job is None:
+                return None  # deleted meanwhile (kicked by another client)
+            data = _loads(rec_job.body)
+            info = _found(lambda: client.stats_job(record.jid))
+            held = info is not None and info["state"] == "buried" and info["tube"] == tube
+            job = _found(lambda: client.peek(record.jid)) if held else None
+            if job is None or info is None or info["buries"] != data.get("buries"):
+                self._delete_quietly(client, rec_job.id)
+                return None
+        reason, held_at = data.get("reason"), data.get("held_at")
+        return HeldJob(
+            self._id(conn, record.jid),
+            tube,
+            job.body,
+            reason if isinstance(reason, str) else None,
+            float(held_at) if isinstance(held_at, int | float) else record.held_ms / 1000,
+        )
+
+    def _delete_quietly(self, client: _Client, jid: int | None) -> None:
+        if jid is None:
+            return
+        try:
+            client.delete(jid)
+        except greenstalk.NotFoundError:
+            pass
+
+    def _delete_records(self, records: Sequence[_Record]) -> None:
+        for record in records:
+            with record.conn.session() as client:
+                record.conn.use(client, record.tube)
+                try:
+                    self._delete_quietly(client, client.peek_ready().id)
+                except greenstalk.NotFoundError:
+                    pass
+
+    def _held_with_records(self, tube: str, limit: int) -> list[tuple[HeldJob, _Record | None]]:
+        """Up to ``limit`` held jobs, oldest first; then any buried job that has no record."""
+        found: list[tuple[HeldJob, _Record | None]] = []
+        for record in self._records(tube):
+            if len(found) >= limit:
+                return found
+            if (held := self._read_record(record, tube)) is not None:
+                found.append((held, record))
+        seen = {h.id for h, _ in found}
+        for conn in self._reachable():
+            extra = self._peek_job(conn, tube, "held") if len(found) < limit else None
+            if extra is not None and extra[1].id not in seen:
+                found.append((HeldJob(extra[1].id, tube, extra[1].body, None, None), None))
+        return found
+
+    # -- operating -------------------------------------------------------------------
+
+    def held(self, queue: str, limit: int = 100) -> list[HeldJob]:
+        return [held for held, _ in self._held_with_records(_tube(queue), limit)]
+
+    def kick(self, queue: str, count: int) -> int:
+        tube, kicked = _tube(queue), 0
+        while kicked < count:
+            batch = self._held_with_records(tube, count - kicked)
+            done = sum(self._act(tube, held.id, "kick", record) for held, record in batch)
+            kicked += done
+            if not done:
+                break
+        return kicked
+
+    def kick_id(self, queue: str, id: str) -> bool:
+        return self._act(_tube(queue), id, "kick")
+
+    def delete_id(self, queue: str, id: str) -> bool:
+        return self._act(_tube(queue), id, "delete")
+
+    def _act(self, tube: str, id: str, action: str, record: _Record | None = None) -> bool:
+        """Kick a held job, or delete one that is not reserved, once sure it is in ``tube``."""
+        located = self._locate(id)
+        if located is None:
+            return False
+        conn, jid = located
+        with conn.session() as client:
+            info = _found(lambda: client.stats_job(jid))
+            if info is None or info["tube"] != tube or info["state"] == "reserved":
+                return False
+            if action == "kick" and info["state"] != "buried":
+                return False
+            try:
+                client.kick_job(jid) if action == "kick" else client.delete(jid)
+            except greenstalk.NotFoundError:
+                return False
+        if info["state"] == "buried":
+            records = [record] if record else [r for r in self._records(tube) if r.conn is conn and r.jid == jid]
+            self._delete_records(records)
+        return True
+
+    def _locate(self, id: str) -> tuple[_Conn, int] | None:
+        """The server and job id a task id names (a bare number only for a single server)."""
+        key, _, number = id.rpartition("/")
+        if not number.isdigit():
+            return None
+        if not key:
+            return None if self.pooled else (self.conns[0], int(number))
+        conn = self.by_key.get(key)
+        return None if conn is None else (conn, int(number))
+
+    def peek(self, queue: str, state: PeekState) -> Peeked | None:
+        tube = _tube(queue)
+        if state == "held":
+            held = self._held_with_records(tube, 1)
+            return Peeked(held[0][0].id, tube, held[0][0].body) if held else None
+        found = [p for c in self._reachable() if (p := self._peek_job(c, tube, state)) is not None]
+        return min(found, key=lambda p: p[0])[1] if found else None
+
+    def _peek_job(self, conn: _Conn, tube: str, state: PeekState) -> tuple[int, Peeked] | None:
+        """The next job in ``state`` on one server, with the key that orders it across servers."""
+        with conn.session() as client:
+            conn.use(client, tube)
+            peeker = {"ready": client.peek_ready, "delayed": client.peek_delayed, "held": client.peek_buried}[state]
+            job = _found(peeker)
+            info = None if job is None else _found(lambda: client.stats_job(job.id))
+        if job is None or info is None:
+            return None
+        order = {"ready": info["pri"], "delayed": info["time-left"], "held": info["age"]}[state]
+        return order, Peeked(self._id(conn, job.id), tube, job.body, info["pri"])
+
+    def stats(self, queue: str) -> QueueStats:
+        tube, totals, missing = _tube(queue), [0, 0, 0, 0], 0
+        for conn in self.conns:
+            try:
+                with conn.session() as client:
+                    try:
+                        s = client.stats_tube(tube)
+                    except greenstalk.NotFoundError:
+                        continue  # no such tube there yet: nothing in it
+            except BackendConnectionError:
+                missing += 1
+                continue
+            counts = (s["current-jobs-ready"], s["current-jobs-delayed"], s["current-jobs-reserved"])
+            for i, n in enumerate((*counts, s["current-jobs-buried"])):
+                totals[i] += n
+        if missing == len(self.conns):
+            raise BackendConnectionError(f"every beanstalkd server is unreachable ({', '.join(self.by_key)})")
+        ready, delayed, reserved, held = totals
+        return QueueStats(ready, delayed, reserved, held, approximate=missing > 0)
+
+    def _reachable(self) -> list[_Conn]:
+        """The servers that answer (connecting as needed); connection error if none does."""
+        reachable, error = [], None
+        for conn in self.conns:
+            try:
+                with conn.lock:
+                    conn.connect()
+                reachable.append(conn)
+            except BackendConnectionError as exc:
+                error = exc
+        if not reachable:
+            raise BackendConnectionError(f"every beanstalkd server is unreachable ({error})") from error
+        return reachable
+
+    def close(self) -> None:
+        if self._nudger is not None:
+            self._nudger.stop()
+            self._nudger = None
+        for conn in self.conns:
+            with conn.lock:
+                if conn.client is not None and conn.acks:
+                    try:
+                        conn.settle(conn.client)  # confirm pipelined deletes before hanging up
+                    except (*_BROKEN, greenstalk.Error):
+                        pass
+                conn.drop()
+
+    def _id(self, conn: _Conn, jid: int) -> str:
+        return f"{conn.key}/{jid}" if self.pooled else str(jid)
+
+
+# -- helpers ---------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=1024)
+def _tube(name: str) -> str:
+    """``name`` if beanstalkd accepts it as a tube name; ConfigError otherwise."""
+    if len(name.encode()) > MAX_TUBE or not _TUBE.match(name):
+        raise ConfigError(
+            f"queue {name!r}: not a valid beanstalkd tube name (ASCII letters, digits and -+/;.$_(), "
+            f"at most {MAX_TUBE} bytes, not starting with '-')"
+        )
+    return name
+
+
+def _seconds(value: float) -> int:
+    """Whole seconds for beanstalkd, rounded up so a delay is never cut short."""
+    return max(0, math.ceil(value))
+
+
+def _job_stats(chunk: bytes) -> dict[bytes, bytes]:
+    """The fields of a ``stats-job`` reply (a flat YAML map)."""
+    return {key: value for key, _, value in (line.partition(b": ") for line in chunk.splitlines()[1:])}
+
+
+def _held_stem(tube: str) -> str:
+    """The start of the names of ``tube``'s reason-record tubes."""
+    stem = f"{HELD_PREFIX}{tube}/"
+    if len(stem) + 35 > MAX_TUBE:  # room for "<13-digit ms>/<20-digit id>"
+        stem = f"{HELD_PREFIX}${hashlib.sha256(tube.encode()).hexdigest()[:40]}/"
+    return stem
+
+
+def _parse_record_tube(rest: str) -> tuple[int, int] | None:
+    """``(held_ms, job id)`` from the part of a record tube's name after the stem."""
+    ms, _, jid = rest.partition("/")
+    return (int(ms), int(jid)) if ms.isdigit() and jid.isdigit() else None
+
+
+def _fit(record: dict[str, Any], limit: int) -> bytes:
+    """The record as JSON, its reason shortened until it fits in ``limit`` bytes."""
+    data = json.dumps(record, ensure_ascii=False).encode()
+    while len(data) > limit:
+        reason = str(record["reason"])
+        record = {**record, "reason": reason[: max(0, len(reason) - (len(data) - limit) - 64)] + "…"}
+        data = json.dumps(record, ensure_ascii=False).encode()
+    return data
+
+
+def _found(call: Callable[[], T]) -> T | None:
+    """``call()``, or None when beanstalkd answers NOT_FOUND."""
+    try:
+        return call()
+    except greenstalk.NotFoundError:
+        return None
+
+
+def _loads(body: bytes) -> dict[str, Any]:
+    try:
+        value = json.loads(body)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _parse_url(url: str) -> tuple[list[Server], dict[str, str]]:
+    """``beanstalkd://H:P,H:P?connect_timeout=2`` -> servers and options."""
+    rest = url.partition("://")[2]
+    hosts, _, query = rest.partition("?")
+    hosts = hosts.rstrip("/")
+    if not hosts:
+        return [Server(DEFAULT_HOST)], dict(parse_qsl(query))
+    servers = [_parse_hostport(part.strip(), url) for part in hosts.split(",")]
+    _check_unique(servers, "queue.backend")
+    return servers, dict(parse_qsl(query))
+
+
+def _parse_hostport(text: str, url: str) -> Server:
+    if text.startswith("["):  # [IPv6]:port
+        host, _, port = text[1:].partition("]")
+        port = port.removeprefix(":")
+    else:
+        host, _, port = text.rpartition(":") if ":" in text else (text, "", "")
+    if not host or (port and not port.isdigit()) or not 0 < int(port or DEFAULT_PORT) < 65536:
+        raise ConfigError(f"queue.backend: beanstalkd URLs look like beanstalkd://HOST:PORT[,HOST:PORT], not {url!r}")
+    return Server(host, int(port or DEFAULT_PORT))
+
+
+def _parse_servers(value: Any) -> list[Server]:
+    where = "queue.beanstalkd.servers"
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f"{where}: must be a non-empty list like [{{ host = '127.0.0.1', port = 11300 }}]")
+    servers = []
+    for i, spec in enumerate(value):
+        if not isinstance(spec, dict):
+            raise ConfigError(f"{where}[{i}]: must be a table with host and port, not {spec!r}")
+        unknown = set(spec) - {"host", "port"}
+        if unknown:
+            raise ConfigError(f"{where}[{i}].{sorted(unknown)[0]}: unknown key (expected host, port)")
+        host, port = spec.get("host", DEFAULT_HOST), spec.get("port", DEFAULT_PORT)
+        if not isinstance(host, str) or not host:
+            raise ConfigError(f"{where}[{i}].host: must be a host name, not {host!r}")
+        if type(port) is not int or not 0 < port < 65536:
+            raise ConfigError(f"{where}[{i}].port: must be a port number, not {port!r}")
+        servers.append(Server(host, port))
+    _check_unique(servers, where)
+    return servers
+
+
+def _check_unique(servers: list[Server], where: str) -> None:
+    keys = [s.key for s in servers]
+    if len(set(keys)) != len(keys):
+        raise ConfigError(f"{where}: a server is listed twice ({', '.join(keys)})")
+
+
+def _timeout(key: str, value: Any) -> float:
+    where = f"queue.beanstalkd.{key}"
+    if key not in OPTIONS:
+        raise ConfigError(f"{where}: unknown option (expected {', '.join(OPTIONS)})")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = -1.0
+    if isinstance(value, bool) or not number > 0:
+        raise ConfigError(f"{where}: must be a positive number of seconds, not {value!r}")
+    return number
