@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import select
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
@@ -132,9 +133,10 @@ while true do
   local q = ARGV[bestq]
   local id = unpad(best)
   local key = q .. ':job:' .. id
-  local f = redis.call('HMGET', key, 'body', 'ttr')
+  local f = redis.call('HMGET', key, 'body', 'ttr', 'n')
   if f[1] then
-    local n = redis.call('HINCRBY', key, 'n', 1)
+    local n = math.floor(tonumber(f[3]) or 0) + 1
+    redis.call('HSET', key, 'n', n)
     local ttr = math.max(math.floor(tonumber(f[2]) or 60), 1)
     redis.call('ZADD', q .. ':reserved', now + ttr * 1000, id)
     if redis.call('LLEN', q .. ':wake') == 0 and redis.call('EXISTS', q .. ':ready') == 1 then
@@ -314,6 +316,7 @@ class RedisAdapter(Adapter):
         self.timeout = timeout
         self.pipeline_acks = pipeline_acks
         self._pending: list[tuple[_Script, tuple[Any, ...]]] = []
+        self._poll, self._polled = select.poll(), None  # for _drop_if_closed
         # One connection, driven command by command: a pipelined ack's reply is read later.
         self._conn: Any = redis.Connection(  # type: ignore[no-untyped-call]
             host=host,
@@ -430,6 +433,8 @@ class RedisAdapter(Adapter):
 
     def _call(self, script: _Script, *args: Any) -> Any:
         """Run ``script`` by EVALSHA; read any pipelined acks' replies first. Translates errors."""
+        if not self._pending:
+            self._drop_if_closed()
         try:
             self._conn.send_packed_command([_pack(script.evalsha, args)], check_health=False)
             redo = self._drain()
@@ -445,6 +450,21 @@ class RedisAdapter(Adapter):
             return reply
         except rex.RedisError as exc:
             raise self._translate(exc, script.name) from exc
+
+    def _drop_if_closed(self) -> None:
+        """An idle connection with something to read was closed by the server (say, a restart).
+
+        Drop it, so the next command reconnects instead of failing (one poll(), no round trip).
+        """
+        sock = self._conn._sock
+        if sock is None:
+            return
+        if self._polled is not sock:
+            self._poll, self._polled = select.poll(), sock
+            self._poll.register(sock, select.POLLIN)
+        if self._poll.poll(0):
+            log.info("Redis %s closed an idle connection; reconnecting", self.where)
+            self._conn.disconnect()
 
     def _eval(self, script: _Script, args: tuple[Any, ...]) -> Any:
         self._conn.send_command("EVAL", script.text, 0, *args)
