@@ -327,15 +327,14 @@ class SQSAdapter(Adapter):
                 self._pool.submit(self._receive_into, slot, wait)
 
     def _receive_into(self, slot: _Slot, wait: int) -> None:
-        """Pool thread: receive one message into ``slot``; give it back if unclaimed for KEEP seconds."""
-        messages: list[MessageTypeDef] = []
-        error: LilqueueError | None = None
-        try:
-            messages = self._receive(slot.url, 1, wait, CLAIM)
-        except LilqueueError as exc:
-            error = exc
-        except Exception as exc:  # noqa: BLE001 - reported to the reserving thread
-            error = BackendError(f"SQS ReceiveMessage: {exc!r}")
+        """Pool thread: receive one message into ``slot``; give it back if unclaimed for KEEP seconds.
+
+        A quick look that finds nothing goes on as one long poll, so a queue found empty
+        is watched without a new request on every ``reserve``.
+        """
+        messages, error = self._receive_safely(slot.url, wait)
+        if not messages and error is None and wait == 0 and self._go_on_waiting(slot):
+            messages, error = self._receive_safely(slot.url, self.wait)
         with self._cond:
             slot.polling = slot.quick = False
             slot.error = error
@@ -349,6 +348,21 @@ class SQSAdapter(Adapter):
                 slot.message = None
         if messages:
             self._give_back(slot, messages[0])
+
+    def _go_on_waiting(self, slot: _Slot) -> bool:
+        """After an empty quick look: report it, and go on with a long poll unless closed."""
+        with self._cond:
+            slot.quick = False
+            self._cond.notify_all()
+            return not self._closed
+
+    def _receive_safely(self, url: str, wait: int) -> tuple[list[MessageTypeDef], LilqueueError | None]:
+        try:
+            return self._receive(url, 1, wait, CLAIM), None
+        except LilqueueError as exc:
+            return [], exc
+        except Exception as exc:  # noqa: BLE001 - reported to the reserving thread
+            return [], BackendError(f"SQS ReceiveMessage: {exc!r}")
 
     def _receive(self, url: str, count: int, wait: int, hide: int) -> list[MessageTypeDef]:
         with _translated("ReceiveMessage"):
