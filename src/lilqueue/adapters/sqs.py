@@ -114,6 +114,8 @@ BANDS: tuple[Band, ...] = (
 HELD_SUFFIX = "__held"
 #: SQS's longest DelaySeconds; longer delays hop.
 MAX_DELAY = 900
+#: a delayed message surfacing this many seconds before its due time runs (any earlier: it hops)
+HOP_SLACK = 0.5
 #: seconds a received message stays invisible before its own ttr is applied
 CLAIM = 60
 #: seconds a message fetched while nobody waits is kept for the next reserve
@@ -396,7 +398,7 @@ class SQSAdapter(Adapter):
             self._delete(slot.url, message)
             self._untag(slot.queue, id)
             return None
-        if due is not None and due - time.time() > 1:
+        if due is not None and due - time.time() > HOP_SLACK:
             self._move(slot.url, message, slot.url, attrs, delay=due - time.time())  # a hop of a long delay
             return None
         priority = _int(attrs.get(A_PRIORITY), slot.band.low if slot.band.suffix else 1024)
