@@ -213,3 +213,18 @@ def test_stats_are_approximate_in_the_cli(adapter: SQSAdapter, url: str) -> None
     result = run_cli(url, "stats", "sqs-one", app="tests.apps.sqs_app:app")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "~1" in result.stdout and "approximate" in result.stdout
+
+
+def test_a_queue_deleted_behind_our_back_is_made_again(adapter: SQSAdapter, url: str, endpoint: str) -> None:
+    name = fresh_name()
+    put(adapter, name)
+    adapter.delete(reserve_until(adapter, [name]))
+    boto3.client("sqs", endpoint_url=endpoint).delete_queue(QueueUrl=adapter._url(name))
+    with pytest.raises(BackendConnectionError, match="deleted"):  # the runner reconnects on this
+        adapter.reserve([name], 0)
+    task_id = put(adapter, name)  # the producer makes it again
+    fresh = SQSAdapter.from_config(url, {})
+    try:
+        assert reserve_until(fresh, [name]).id == task_id
+    finally:
+        fresh.close()

@@ -243,7 +243,14 @@ class SQSAdapter(Adapter):
         attrs = {A_ID: id, A_PRIORITY: str(priority), A_TTR: str(ttr)}
         if due is not None:
             attrs[A_DUE] = f"{due:.3f}"
-        self._send(self._url(queue + band_of(priority).suffix), body, attrs, delay)
+        name = queue + band_of(priority).suffix
+        try:
+            self._send(self._url(name), body, attrs, delay)
+        except BackendError as exc:
+            if _code(exc) not in _QUEUE_GONE:
+                raise
+            self._urls.pop(name, None)  # deleted behind our back: make it again
+            self._send(self._url(name), body, attrs, delay)
         return id
 
     def _send(self, url: str, body: bytes, attrs: dict[str, str], delay: float = 0) -> None:
@@ -362,6 +369,8 @@ class SQSAdapter(Adapter):
         try:
             return self._receive(url, 1, wait, CLAIM), None
         except LilqueueError as exc:
+            if _code(exc) in _QUEUE_GONE:  # the runner reconnects, and a new adapter makes it again
+                return [], BackendConnectionError(f"SQS queue {url} was deleted: {exc}")
             return [], exc
         except Exception as exc:  # noqa: BLE001 - reported to the reserving thread
             return [], BackendError(f"SQS ReceiveMessage: {exc!r}")
