@@ -73,10 +73,17 @@ class App:
         adapter: Adapter | None = getattr(local, "adapter", None)
         if adapter is None or local.pid != os.getpid():
             adapter = create_adapter(self.settings)
-            local.adapter, local.pid = adapter, os.getpid()
+            local.adapter, local.pid, local.lock = adapter, os.getpid(), threading.RLock()
             with self._adapters_lock:
                 self._adapters.append(adapter)
         return adapter
+
+    @property
+    def adapter_lock(self) -> threading.RLock:
+        """Serialises this thread's adapter between the worker and its auto-touch thread."""
+        _ = self.adapter
+        lock: threading.RLock = self._local.lock
+        return lock
 
     def reset_adapter(self) -> None:
         """Drop this thread's connection (after a connection error); the next use reconnects."""
@@ -238,7 +245,8 @@ class App:
         limit = adapter.max_body
         if limit is not None and len(body) > limit:
             raise TaskError(f"task body is {len(body)} bytes; the {self.settings.backend_name} limit is {limit}")
-        task.id = adapter.put(self.settings.prefix + queue, body, priority=priority, delay=delay, ttr=ttr)
+        with self._local.lock:
+            task.id = adapter.put(self.settings.prefix + queue, body, priority=priority, delay=delay, ttr=ttr)
         return task.id
 
     def encode(self, task: Task, attempts: int = 0) -> tuple[bytes, int, float, int]:
@@ -262,6 +270,7 @@ class App:
         max_tasks: int | None = None,
         max_memory: int | None = None,
         install_signal_handlers: bool = True,
+        auto_touch: bool = False,
     ) -> int:
         """Run a worker in this process on ``queues``; return how many tasks it ran.
 
@@ -277,5 +286,6 @@ class App:
             max_tasks=max_tasks,
             max_memory=max_memory,
             install_signal_handlers=install_signal_handlers,
+            auto_touch=auto_touch,
         )
         return runner.run()

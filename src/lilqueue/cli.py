@@ -163,6 +163,13 @@ class JsonFormatter(logging.Formatter):
     help="Worker processes [env LILQUEUE_CONCURRENCY].",
 )
 @click.option(
+    "--threads",
+    envvar="LILQUEUE_THREADS",
+    type=click.IntRange(1),
+    default=1,
+    help="Runner threads per process, for I/O-bound workers [env LILQUEUE_THREADS].",
+)
+@click.option(
     "--max-tasks",
     envvar="LILQUEUE_MAX_TASKS",
     type=click.IntRange(1),
@@ -177,6 +184,28 @@ class JsonFormatter(logging.Formatter):
 )
 @click.option(
     "--burst", envvar="LILQUEUE_BURST", is_flag=True, help="Exit 0 once no watched task is ready [env LILQUEUE_BURST]."
+)
+@click.option(
+    "--grace",
+    envvar="LILQUEUE_GRACE",
+    type=click.FloatRange(0),
+    default=30.0,
+    metavar="SECONDS",
+    help="On SIGTERM, how long running tasks may take to finish [env LILQUEUE_GRACE].",
+)
+@click.option(
+    "--auto-touch",
+    envvar="LILQUEUE_AUTO_TOUCH",
+    is_flag=True,
+    help="Touch running tasks every ttr/2: slow tasks keep their lease, hung ones too [env LILQUEUE_AUTO_TOUCH].",
+)
+@click.option(
+    "--reconnect-for",
+    envvar="LILQUEUE_RECONNECT_FOR",
+    type=click.FloatRange(0),
+    default=300.0,
+    metavar="SECONDS",
+    help="Give up (exit 1) after the backend is gone this long [env LILQUEUE_RECONNECT_FOR].",
 )
 @click.option(
     "--log-level",
@@ -194,26 +223,17 @@ class JsonFormatter(logging.Formatter):
 )
 @click.pass_obj
 @fail_cleanly
-def watch(
-    obj: Context,
-    queues: str,
-    concurrency: int = 1,
-    max_tasks: int | None = None,
-    max_memory: float | None = None,
-    burst: bool = False,
-    log_level: str = "info",
-    log_format: str = "text",
-) -> None:
-    """Run a worker on QUEUES: 'all' or a comma list."""
+def watch(obj: Context, queues: str, log_level: str = "info", log_format: str = "text", **options: Any) -> None:
+    """Run workers on QUEUES: 'all' or a comma list.
+
+    A supervisor process runs --concurrency worker processes, replaces any whose task
+    runs past its ttr without touching (the TTR watchdog), recycles them at --max-tasks
+    or --max-memory, and restarts crashed ones.
+    """  # fmt: skip
     _configure_logging(log_level, log_format)
-    app = obj.app
-    if concurrency == 1 and max_tasks is None and max_memory is None:
-        app.watch(queues, burst=burst)
-        return
     from lilqueue.supervisor import Supervisor
 
-    sup = Supervisor(app, queues, concurrency=concurrency, burst=burst, max_tasks=max_tasks, max_memory=max_memory)
-    sys.exit(sup.run())
+    sys.exit(Supervisor(obj.app, queues, **options).run())
 
 
 @main.command()

@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 TaskHook = Callable[[Task], object]
 FailureHook = Callable[[Task, BaseException, str, bool], object]
 MAX_REASON = 16_384
+#: the watchdog stops a task this many seconds before its lease lapses at the backend
+WATCHDOG_MARGIN = 0.25
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
@@ -46,6 +48,9 @@ class Runner:
     stop after the task that reaches the limit. ``poll``: the longest single wait for a
     task in seconds, which bounds how long a stop request waits while idle.
     ``reconnect_for``: how long to keep reconnecting to a lost backend before giving up.
+    ``auto_touch``: touch the running task every ttr/2 from a background thread.
+    ``heartbeat(deadline)``: told the monotonic time by which the running task must finish
+    or touch (0 when idle); the supervisor's watchdog reads it.
     """
 
     def __init__(
@@ -59,6 +64,8 @@ class Runner:
         install_signal_handlers: bool = True,
         poll: float = 1.0,
         reconnect_for: float = 300.0,
+        auto_touch: bool = False,
+        heartbeat: Callable[[float], object] | None = None,
     ) -> None:
         self.app = app
         self.handlers = app.resolve_queues(queues)
@@ -69,6 +76,8 @@ class Runner:
         self.install_signal_handlers = install_signal_handlers
         self.poll = poll
         self.reconnect_for = reconnect_for
+        self.auto_touch = auto_touch
+        self.heartbeat = heartbeat
         self.processed = 0
         self.stopping = False
         self.stop_reason = ""
@@ -104,9 +113,21 @@ class Runner:
                 if self.burst:
                     self.stop("burst: no task is ready")
                 continue
+            if self.stopping:  # a signal came while we were reserving: hand it back untouched
+                self._release_unstarted(job)
+                break
             self.process(job)
             self.processed += 1
             self._check_limits()
+
+    def _release_unstarted(self, job: Job) -> None:
+        adapter = self.app.adapter
+        try:
+            if adapter.capabilities.retry.level == "native":
+                adapter.release(job, priority=job.priority, delay=0)
+            # otherwise closing the connection hands it back (Gearman), or its ttr lapses
+        except LilqueueError as exc:
+            log.warning("could not release job %s (it comes back after its ttr): %s", job.id, exc)
 
     def _backend_lost(self, exc: BaseException, since: float | None) -> float:
         now = time.monotonic()
@@ -152,6 +173,17 @@ class Runner:
 
     def process(self, job: Job) -> None:
         """Decode, dispatch and finish one reserved job. Never raises for bad input."""
+        beat = self.heartbeat
+        if beat is None:
+            self._process(job)
+            return
+        beat(time.monotonic() + job.ttr - WATCHDOG_MARGIN)
+        try:
+            self._process(job)
+        finally:
+            beat(0.0)
+
+    def _process(self, job: Job) -> None:
         handler = self.app.queue_for_backend_name(job.queue)
         try:
             env = wire.decode(job.body, secret=self.app.settings.secret)
@@ -168,6 +200,8 @@ class Runner:
         error: BaseException | None = None
         try:
             with ExitStack() as stack:
+                if self.auto_touch:
+                    stack.enter_context(AutoTouch(task, job.ttr))
                 for apply in self.app.context_appliers:
                     stack.enter_context(apply(task.context))
                 for hook in self.app.before_task_hooks:
@@ -186,9 +220,19 @@ class Runner:
         task.id, task.envelope_id, task.queue = job.id, env.id, handler
         task.attempts = env.attempts + job.deliveries
         task.outcome = None
-        adapter = self.app.adapter
-        task._toucher = lambda: adapter.touch(job)
+        task._toucher = self._toucher(job)
         return task
+
+    def _toucher(self, job: Job) -> Callable[[], None]:
+        adapter, lock, beat = self.app.adapter, self.app.adapter_lock, self.heartbeat
+
+        def touch() -> None:
+            with lock:
+                adapter.touch(job)
+            if beat is not None:
+                beat(time.monotonic() + job.ttr - WATCHDOG_MARGIN)
+
+        return touch
 
     def _outcome(
         self, task: Task, error: BaseException | None, max_attempts: int, backoff: Callable[[int], float]
@@ -272,6 +316,34 @@ class Runner:
                 hook(task)
             except Exception:
                 log.exception("after_task hook %r raised", hook)
+
+
+class AutoTouch:
+    """While a task runs, touch it every ``ttr / 2`` seconds from a background thread.
+
+    The trade-off: a task that hangs for ever keeps its lease for ever, since nothing
+    can tell a hang from slow work; only a dead worker process gives the task back.
+    """
+
+    def __init__(self, task: Task, ttr: int) -> None:
+        self.task, self.every = task, max(ttr / 2, 0.5)
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, name=f"lilqueue-autotouch-{task.id}", daemon=True)
+
+    def __enter__(self) -> AutoTouch:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done.set()
+        self.thread.join()
+
+    def _run(self) -> None:
+        while not self.done.wait(self.every):
+            try:
+                self.task.touch()
+            except LilqueueError as exc:
+                log.warning("auto-touch of task %s failed: %s", self.task.id, exc, extra=_fields(self.task))
 
 
 def _fields(task: Task, **more: Any) -> dict[str, Any]:

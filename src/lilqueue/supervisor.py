@@ -1,34 +1,80 @@
-"""``--concurrency`` / ``--max-tasks`` / ``--max-memory``: worker child processes, recycled.
+"""``lilqueue watch``: worker child processes, a TTR watchdog, recycling and shutdown.
 
-The supervisor forks N children; each builds its own backend connection and runs a
-:class:`lilqueue.runner.Runner`. A child that reaches ``max_tasks`` or ``max_memory``
-finishes its task and exits with :data:`EXIT_RECYCLE`; the supervisor starts a fresh
-one. A child that crashes is restarted after a capped, growing pause. On SIGTERM or
-SIGINT the supervisor passes the signal on and waits for the children to finish
-their tasks; a second signal kills them at once (their tasks come back after ttr).
+The supervisor forks ``concurrency`` children; each builds its own backend connections
+and runs ``threads`` :class:`lilqueue.runner.Runner` loops. It then watches them:
+
+- **TTR watchdog.** Each runner writes, to memory shared with the supervisor, the
+  monotonic time by which its task must finish or touch (a little before its lease
+  lapses at the backend). A child past that deadline is killed (SIGKILL) and replaced,
+  so a hung task never runs twice at once: its lease lapses and another worker takes it.
+  This also covers backends whose server does not enforce ttr (Gearman has none;
+  beanstalkd 1.12 leaves a job reserved while its connection sits idle).
+- **Recycling.** A child that reaches ``max_tasks`` or ``max_memory`` finishes its task
+  and exits with :data:`EXIT_RECYCLE`; a fresh one replaces it at once.
+- **Crashes.** A child that dies otherwise is restarted after a capped, growing pause.
+- **Shutdown.** SIGTERM or SIGINT: the children stop reserving, finish their running
+  tasks within ``grace`` seconds (then are killed), and the supervisor exits 0. A second
+  signal kills them at once. Children run in their own process group, so a Ctrl-C at a
+  terminal reaches the supervisor only, and they exit if the supervisor dies.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import logging
+import mmap
 import os
 import signal
+import struct
+import sys
+import threading
 import time
 from collections.abc import Iterable
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from lilqueue.app import App
+    from lilqueue.runner import Runner
 
 log = logging.getLogger(__name__)
 EXIT_DONE = 0
 EXIT_RECYCLE = 3
 RESTART_CAP = 30.0
+TICK = 0.05
+_SLOT = struct.Struct("d")
+
+
+class Heartbeats:
+    """One deadline (monotonic seconds, 0 = idle) per runner, in memory shared across fork."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.mem = mmap.mmap(-1, _SLOT.size * count)
+
+    def setter(self, slot: int) -> _Beat:
+        return _Beat(self.mem, slot * _SLOT.size)
+
+    def get(self, slot: int) -> float:
+        return float(_SLOT.unpack_from(self.mem, slot * _SLOT.size)[0])
+
+    def clear(self, slot: int) -> None:
+        _SLOT.pack_into(self.mem, slot * _SLOT.size, 0.0)
+
+
+class _Beat:
+    __slots__ = ("mem", "offset")
+
+    def __init__(self, mem: mmap.mmap, offset: int) -> None:
+        self.mem, self.offset = mem, offset
+
+    def __call__(self, deadline: float) -> None:
+        _SLOT.pack_into(self.mem, self.offset, deadline)
 
 
 class Supervisor:
-    """Keeps ``concurrency`` worker processes running on ``queues``."""
+    """Keeps ``concurrency`` worker processes (of ``threads`` runners each) going on ``queues``."""
 
     def __init__(
         self,
@@ -36,106 +82,203 @@ class Supervisor:
         queues: str | Iterable[str],
         *,
         concurrency: int = 1,
+        threads: int = 1,
         burst: bool = False,
         max_tasks: int | None = None,
         max_memory: float | None = None,
+        grace: float = 30.0,
+        auto_touch: bool = False,
+        reconnect_for: float = 300.0,
     ) -> None:
         self.app = app
         self.queues = queues if isinstance(queues, str) else list(queues)
-        app.resolve_queues(self.queues)  # fail in the parent for an undeclared queue
-        self.concurrency = concurrency
+        app.resolve_queues(self.queues)  # an undeclared queue fails here, in the parent
+        self.concurrency, self.threads = concurrency, threads
         self.burst = burst
-        self.max_tasks = max_tasks
-        self.max_memory = max_memory
+        self.max_tasks, self.max_memory = max_tasks, max_memory
+        self.grace = grace
+        self.auto_touch = auto_touch
+        self.reconnect_for = reconnect_for
+        self.beats = Heartbeats(concurrency * threads)
         self.children: dict[int, int] = {}  # pid -> slot
         self.failures = [0] * concurrency
-        self.stopping = 0
+        self.restart_at: dict[int, float] = {}  # slot -> when to restart it
+        self.watchdog_killed: set[int] = set()  # slots whose child the watchdog killed
+        self.signals = 0
+        self.kill_at: float | None = None
+        self.worst = 0
+
+    # -- the supervisor --------------------------------------------------------------
 
     def run(self) -> int:
         """Run until stopped (or, with burst, until every child has drained); the exit code."""
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         self.app.close()  # children must not share the parent's connections
+        log.info("supervisor %d: %d process(es) x %d thread(s) on %s", os.getpid(), self.concurrency,
+                 self.threads, self.queues)  # fmt: skip
         try:
             for slot in range(self.concurrency):
                 self._spawn(slot)
-            return self._watch()
+            while self.children or (self.restart_at and not self.signals):
+                self._tick()
+            return self.worst
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
 
-    def _spawn(self, slot: int) -> None:
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - runs in the child
-            os._exit(self._child())
-        self.children[pid] = slot
-        log.info("started worker process %d (slot %d)", pid, slot, extra={"pid": pid})
+    def _tick(self) -> None:
+        self._reap()
+        now = time.monotonic()
+        self._watchdog(now)
+        for slot, when in list(self.restart_at.items()):
+            if when <= now and not self.signals:
+                del self.restart_at[slot]
+                self._spawn(slot)
+        if self.kill_at is not None and now >= self.kill_at:
+            log.warning("grace period over: killing %d worker process(es)", len(self.children))
+            self._signal_children(signal.SIGKILL)
+            self.kill_at = None
+        time.sleep(TICK)
 
-    def _child(self) -> int:
-        from lilqueue.runner import Runner
-
-        for s in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(s, signal.SIG_DFL)
-        code = 1
-        try:
-            runner = Runner(
-                self.app, self.queues, burst=self.burst, max_tasks=self.max_tasks, max_memory=self.max_memory
-            )
-            runner.run()
-            code = EXIT_RECYCLE if runner.stop_reason.startswith("max ") else EXIT_DONE
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-        except BaseException:
-            log.exception("worker process %d crashed", os.getpid())
-        finally:
-            logging.shutdown()
-        return code
-
-    def _watch(self) -> int:
-        worst = 0
+    def _reap(self) -> None:
         while self.children:
             try:
-                pid, status = os.wait()
+                pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
-                break
-            except InterruptedError:  # pragma: no cover - PEP 475 retries for us
-                continue
+                self.children.clear()
+                return
+            if pid == 0:
+                return
             slot = self.children.pop(pid, None)
-            if slot is None:
-                continue
-            code = os.waitstatus_to_exitcode(status)
-            worst = self._after_exit(pid, slot, code, worst)
-        return worst
+            if slot is not None:
+                self._exited(pid, slot, os.waitstatus_to_exitcode(status))
 
-    def _after_exit(self, pid: int, slot: int, code: int, worst: int) -> int:
-        if self.stopping:
+    def _exited(self, pid: int, slot: int, code: int) -> None:
+        for t in range(self.threads):
+            self.beats.clear(slot * self.threads + t)
+        if self.signals:
             log.info("worker process %d exited (%d)", pid, code)
-            return worst if code in (EXIT_DONE, -signal.SIGTERM, -signal.SIGKILL) else max(worst, 1)
+            if code not in (EXIT_DONE, -signal.SIGKILL):
+                self.worst = 1
+            return
         if code == EXIT_RECYCLE:
             log.info("worker process %d reached its limit; replacing it", pid)
             self.failures[slot] = 0
+            self._spawn(slot)
         elif code == EXIT_DONE and self.burst:
-            return worst
+            log.info("worker process %d drained its queues", pid)
+        elif code == -signal.SIGKILL and slot in self.watchdog_killed:
+            self.watchdog_killed.discard(slot)
+            self._spawn(slot)
         else:
             self.failures[slot] += 1
             pause = min(RESTART_CAP, 0.5 * 2 ** (self.failures[slot] - 1))
-            log.error("worker process %d exited with %d; restarting in %.1fs", pid, code, pause)
-            self._pause(pause)
-            if self.stopping:
-                return max(worst, 1)
-        self._spawn(slot)
-        return worst
+            log.error("worker process %d exited with %d; restarting it in %.1fs", pid, code, pause)
+            self.restart_at[slot] = time.monotonic() + pause
 
-    def _pause(self, seconds: float) -> None:
-        deadline = time.monotonic() + seconds
-        while not self.stopping and time.monotonic() < deadline:
-            time.sleep(0.05)
+    def _watchdog(self, now: float) -> None:
+        for pid, slot in list(self.children.items()):
+            for t in range(self.threads):
+                deadline = self.beats.get(slot * self.threads + t)
+                if deadline and now > deadline:
+                    log.error(
+                        "worker process %d: a task ran past its ttr without touching; killing the process "
+                        "(the task comes back when its lease lapses)", pid, extra={"pid": pid},
+                    )  # fmt: skip
+                    self.watchdog_killed.add(slot)
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                    break
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        self.stopping += 1
-        forward: Any = signal.SIGKILL if self.stopping > 1 else signum
-        log.info("%s: %s worker processes", signal.Signals(signum).name, "killing" if self.stopping > 1 else "stopping")
+        self.signals += 1
+        self.restart_at.clear()
+        if self.signals == 1:
+            log.info("%s: stopping; running tasks may finish within %.0fs", signal.Signals(signum).name, self.grace)
+            self._signal_children(signal.SIGTERM)
+            self.kill_at = time.monotonic() + self.grace
+        else:
+            log.warning("%s again: killing worker processes now", signal.Signals(signum).name)
+            self._signal_children(signal.SIGKILL)
+            self.worst = 128 + signum
+
+    def _signal_children(self, signum: int) -> None:
         for pid in list(self.children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    # -- a child -----------------------------------------------------------------------
+
+    def _spawn(self, slot: int) -> None:
+        parent = os.getpid()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child, which never returns
+            code = 1
             try:
-                os.kill(pid, forward)
-            except ProcessLookupError:
-                pass
+                code = self._child(slot, parent)
+            finally:
+                with contextlib.suppress(Exception):
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                    logging.shutdown()
+                os._exit(code)
+        self.children[pid] = slot
+        log.info("started worker process %d", pid, extra={"pid": pid})
+
+    def _child(self, slot: int, parent: int) -> int:
+        from lilqueue.runner import Runner
+
+        os.setpgid(0, 0)  # a terminal's Ctrl-C reaches the supervisor, which stops us gently
+        _die_with_parent(parent)
+        for s in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(s, signal.SIG_DFL)
+        runners = [
+            Runner(
+                self.app, self.queues, burst=self.burst, max_tasks=self.max_tasks, max_memory=self.max_memory,
+                install_signal_handlers=(t == 0), auto_touch=self.auto_touch, reconnect_for=self.reconnect_for,
+                heartbeat=self.beats.setter(slot * self.threads + t),
+            )
+            for t in range(self.threads)
+        ]  # fmt: skip
+        try:
+            _run_together(runners)
+        except SystemExit as exc:
+            return exc.code if isinstance(exc.code, int) else 1
+        except BaseException:
+            log.exception("worker process %d crashed", os.getpid())
+            return 1
+        recycled = any(r.stop_reason.startswith("max ") for r in runners)
+        return EXIT_RECYCLE if recycled else EXIT_DONE
+
+
+def _run_together(runners: list[Runner]) -> None:
+    """Run the first runner on this (main) thread and the rest on their own; stop as one."""
+    main, others = runners[0], runners[1:]
+    original_stop = main.stop
+
+    def stop_all(reason: str = "asked to stop") -> None:
+        original_stop(reason)
+        for r in others:
+            r.stop(reason)
+
+    main.stop = stop_all  # type: ignore[method-assign]
+    threads = [
+        threading.Thread(target=r.run, name=f"lilqueue-runner-{i + 1}", daemon=True) for i, r in enumerate(others)
+    ]
+    for t in threads:
+        t.start()
+    try:
+        main.run()
+    finally:
+        stop_all(main.stop_reason or "stopping")
+        for t in threads:
+            t.join()
+
+
+def _die_with_parent(parent: int) -> None:
+    """Ask Linux to send us SIGTERM when the supervisor dies (kill -9 included)."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # it died before we asked
+        os.kill(os.getpid(), signal.SIGTERM)

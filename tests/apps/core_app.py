@@ -45,6 +45,15 @@ def sleep(task: lilqueue.Task) -> None:
     record(task, "done")
 
 
+@jobs.worker("hang")
+def hang(task: lilqueue.Task) -> None:
+    """Hangs (without touching) on its first attempt, then finishes at once."""
+    record(task, "start")
+    if task.attempts == 1:
+        time.sleep(float(task.data.get("seconds", 60)))
+    record(task, "done")
+
+
 @jobs.worker("fail")
 def fail(task: lilqueue.Task) -> None:
     record(task, "fail")
