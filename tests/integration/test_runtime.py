@@ -148,7 +148,7 @@ def test_grace_bounds_the_wait_on_sigterm(
     procs.append(sup)
     wait_until(lambda: pids_of(log), what="the task to start")
     started = time.monotonic()
-    code, out = stop(sup, signal.SIGTERM, timeout=15)
+    _, out = stop(sup, signal.SIGTERM, timeout=15)
     assert time.monotonic() - started < 8 and "grace period over" in out
     assert pids_of(log, "done") == []
 
