@@ -34,6 +34,8 @@ from collections.abc import Iterable
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from lilqueue.errors import BackendConnectionError
+
 if TYPE_CHECKING:
     from lilqueue.app import App
     from lilqueue.runner import Runner
@@ -41,6 +43,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 EXIT_DONE = 0
 EXIT_RECYCLE = 3
+EXIT_GAVE_UP = 4  # the backend stayed unreachable past --reconnect-for
 RESTART_CAP = 30.0
 TICK = 0.05
 _SLOT = struct.Struct("d")
@@ -161,7 +164,14 @@ class Supervisor:
             if code not in (EXIT_DONE, -signal.SIGKILL):
                 self.worst = 1
             return
-        if code == EXIT_RECYCLE:
+        if code == EXIT_GAVE_UP:
+            log.error("worker process %d gave up on the backend; stopping", pid)
+            self.worst = 1
+            self.signals += 1
+            self.restart_at.clear()
+            self._signal_children(signal.SIGTERM)
+            self.kill_at = time.monotonic() + self.grace
+        elif code == EXIT_RECYCLE:
             log.info("worker process %d reached its limit; replacing it", pid)
             self.failures[slot] = 0
             self._spawn(slot)
@@ -244,6 +254,9 @@ class Supervisor:
             _run_together(runners)
         except SystemExit as exc:
             return exc.code if isinstance(exc.code, int) else 1
+        except BackendConnectionError as exc:
+            log.error("worker process %d: %s", os.getpid(), exc)
+            return EXIT_GAVE_UP
         except BaseException:
             log.exception("worker process %d crashed", os.getpid())
             return 1
