@@ -72,7 +72,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, NamedTuple, TypeVar
 from urllib.parse import parse_qsl
 
 import greenstalk
@@ -108,6 +108,7 @@ NUDGE_MARGIN = 0.1
 #: longest pause, in seconds, before an unreachable server is tried again
 DOWN_CAP = 30.0
 OPTIONS = ("servers", "connect_timeout", "io_timeout")
+_STATS_FIELDS = re.compile(rb"^(id|tube|pri|ttr|reserves|buries): (.*)$", re.MULTILINE)
 _TUBE = re.compile(r"[A-Za-z0-9+/;.$_()][A-Za-z0-9\-+/;.$_()]*\Z")
 #: what a broken or desynchronised connection raises (greenstalk asserts on bad framing)
 _BROKEN = (OSError, AssertionError, ValueError)
@@ -153,8 +154,7 @@ class _Client(greenstalk.Client[bytes]):
         return bytes(data[:-2])
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Lease:
+class _Lease(NamedTuple):
     """``Job.receipt``: which connection (and which life of it) reserved which job."""
 
     conn: _Conn
@@ -189,6 +189,11 @@ class _Conn:
         self.leases_lock = threading.Lock()
         self.failures = 0
         self.down_until = 0.0
+        #: the id of the job this connection will probably reserve next: the last one + 1,
+        #: as a single producer's jobs are numbered in the order they are taken
+        self.guess: int | None = None
+        #: the longest reserve wait the socket's timeout allows for (io_timeout beyond it)
+        self.waits_up_to = 0
 
     def __repr__(self) -> str:
         return f"<beanstalkd {self.key}>"
@@ -213,7 +218,7 @@ class _Conn:
             sock.close()
             raise self.broken(exc) from exc
         self.client, self.sock = client, sock
-        self.used, self.watched, self.acks = "default", ("default",), 0
+        self.used, self.watched, self.acks, self.waits_up_to = "default", ("default",), 0, 0
         return client
 
     def broken(self, exc: BaseException) -> BackendConnectionError:
@@ -459,7 +464,7 @@ class BeanstalkdAdapter(Adapter):
     # -- reserving -------------------------------------------------------------------
 
     def reserve(self, queues: Sequence[str], timeout: float) -> Job | None:
-        tubes = tuple(_tube(q) for q in queues)
+        tubes = _tubes(tuple(queues))
         if self._stash:
             return self._unstash()
         if not self.pooled:
@@ -467,46 +472,58 @@ class BeanstalkdAdapter(Adapter):
         return self._reserve_pool(tubes, timeout)
 
     def _reserve_on(self, conn: _Conn, tubes: tuple[str, ...], seconds: int) -> Job | None:
-        """One ``reserve-with-timeout`` on one server (plus ``stats-job`` when it gives a job)."""
+        """One ``reserve-with-timeout`` on one server, with its job's ``stats-job``."""
         with conn.lock:
             client = conn.connect()
             sock = conn.sock
             try:
                 if conn.watched != tubes:
                     conn.watch_only(client, tubes)
-                if seconds and sock is not None:
-                    sock.settimeout(seconds + conn.io_timeout)
-                client.send(b"reserve-with-timeout %d\r\n" % seconds)
+                if sock is not None and seconds > conn.waits_up_to:
+                    sock.settimeout(seconds + conn.io_timeout)  # kept: the same wait comes again
+                    conn.waits_up_to = seconds
+                guess = conn.guess
+                command = b"reserve-with-timeout %d\r\n" % seconds
+                client.send(command + b"stats-job %d\r\n" % guess if guess else command)
                 conn.settle(client)
-                return self._reserved(conn, client)
+                return self._reserved(conn, client, guess)
             except _BROKEN as exc:
                 raise conn.broken(exc) from exc
             except greenstalk.Error as exc:
                 raise BackendError(f"beanstalkd {conn.key}: {type(exc).__name__} {exc}") from exc
-            finally:
-                if seconds and sock is not None and conn.sock is sock:
-                    sock.settimeout(conn.io_timeout)
 
-    def _reserved(self, conn: _Conn, client: _Client) -> Job | None:
-        """Read a reserve reply; for a job, ask its stats. Called holding ``conn.lock``."""
+    def _reserved(self, conn: _Conn, client: _Client, guess: int | None = None) -> Job | None:
+        """Read a reserve reply and its job's stats. Called holding ``conn.lock``.
+
+        ``guess`` is the job id whose ``stats-job`` was sent right behind the reserve
+        (see :meth:`_Conn.guess`); when it is the reserved job, its stats cost no
+        extra round trip, otherwise they are asked for now.
+        """
         try:
             jid_, size = client.reply(b"RESERVED")
-        except greenstalk.TimedOutError:
-            return None
-        except greenstalk.DeadlineSoonError:
-            time.sleep(0.05)  # we hold a job about to lapse: let the caller come back
+        except (greenstalk.TimedOutError, greenstalk.DeadlineSoonError) as exc:
+            _job_stats(client, guess)  # the speculative stats of nothing: read and dropped
+            if isinstance(exc, greenstalk.DeadlineSoonError):
+                time.sleep(0.05)  # we hold a job about to lapse: let the caller come back
             return None
         jid = int(jid_)
         body = client.chunk(int(size))
-        client.send(b"stats-job %d\r\n" % jid)
-        (length,) = client.reply(b"OK")
-        stats = _job_stats(client.chunk(int(length)))
+        stats = _job_stats(client, guess)
+        if stats is None or stats.get(b"id") != jid_:
+            client.send(b"stats-job %d\r\n" % jid)
+            stats = _job_stats(client, jid)
+            if stats is None:  # deleted by someone else already
+                return None
+        conn.guess = jid + 1
+        return self._job(conn, jid, body, stats)
+
+    def _job(self, conn: _Conn, jid: int, body: bytes, stats: dict[bytes, bytes]) -> Job:
         ttr = int(stats[b"ttr"])
-        due = conn.lease(jid, ttr)
-        self._nudge_by(conn, due)
+        self._nudge_by(conn, conn.lease(jid, ttr))
         lease = _Lease(conn, conn.generation, jid, int(stats[b"buries"]))
         tube, priority, reserves = stats[b"tube"].decode(), int(stats[b"pri"]), int(stats[b"reserves"])
-        conn.healthy()
+        if conn.failures:
+            conn.healthy()
         return Job(self._id(conn, jid), tube, body, priority, ttr, reserves, lease)
 
     def _nudge_by(self, conn: _Conn, due: float) -> None:
@@ -879,14 +896,25 @@ def _tube(name: str) -> str:
     return name
 
 
+@functools.lru_cache(maxsize=256)
+def _tubes(names: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(_tube(name) for name in names)
+
+
 def _seconds(value: float) -> int:
     """Whole seconds for beanstalkd, rounded up so a delay is never cut short."""
     return max(0, math.ceil(value))
 
 
-def _job_stats(chunk: bytes) -> dict[bytes, bytes]:
-    """The fields of a ``stats-job`` reply (a flat YAML map)."""
-    return {key: value for key, _, value in (line.partition(b": ") for line in chunk.splitlines()[1:])}
+def _job_stats(client: _Client, jid: int | None) -> dict[bytes, bytes] | None:
+    """Read the reply to ``stats-job jid`` (nothing if ``jid`` is None): the fields we use."""
+    if jid is None:
+        return None
+    try:
+        (length,) = client.reply(b"OK")
+    except greenstalk.NotFoundError:
+        return None
+    return dict(_STATS_FIELDS.findall(client.chunk(int(length))))
 
 
 def _held_stem(tube: str) -> str:

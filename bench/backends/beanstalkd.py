@@ -1,0 +1,106 @@
+"""beanstalkd: lilqueue's adapter beside a raw greenstalk loop on the same server.
+
+The raw loop is what one sequential greenstalk client does with nothing else: ``put``
+per task; ``reserve`` + ``delete`` per task; and for the latency, a worker thread
+blocked in ``reserve`` while the main thread puts one timestamped job at a time.
+"""
+
+from __future__ import annotations
+
+import queue
+import shutil
+import socket
+import statistics
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import greenstalk
+
+NAME = "beanstalkd"
+RAW = "greenstalk (put; reserve + delete)"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_port(port: int, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"beanstalkd did not start on port {port}")
+
+
+@contextmanager
+def server() -> Iterator[str]:
+    """A beanstalkd of our own on a free port (no binlog); yields the lilqueue URL."""
+    binary = shutil.which("beanstalkd") or "/usr/bin/beanstalkd"
+    port = _free_port()
+    proc = subprocess.Popen([binary, "-l", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL)
+    try:
+        _wait_port(port)
+        yield f"beanstalkd://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def _address(url: str) -> tuple[str, int]:
+    host, _, port = url.partition("://")[2].split(",")[0].rstrip("/").rpartition(":")
+    return host, int(port)
+
+
+def raw(url: str, n: int, latency_n: int = 300) -> dict[str, float | None]:
+    """put/s, reserve+delete/s and enqueue->start p50/p99 (ms) of a bare greenstalk loop."""
+    tube = f"raw-{uuid.uuid4().hex[:8]}"
+    with greenstalk.Client(_address(url), encoding=None, use=tube, watch=tube) as client:
+        started = time.perf_counter()
+        for i in range(n):
+            client.put(b'{"i": %d}' % i, priority=1024, ttr=60)
+        put = time.perf_counter() - started
+        started, done = time.perf_counter(), 0
+        while True:
+            try:
+                job = client.reserve(0)
+            except greenstalk.TimedOutError:
+                break
+            client.delete(job)
+            done += 1
+        process = time.perf_counter() - started
+    p50, p99 = _latency(url, latency_n)
+    return {"put_per_s": n / put, "process_per_s": done / process, "p50_ms": p50, "p99_ms": p99}
+
+
+def _latency(url: str, n: int, warmup: int = 20) -> tuple[float, float]:
+    tube = f"raw-lat-{uuid.uuid4().hex[:8]}"
+    seen: queue.Queue[float] = queue.Queue()
+
+    def work() -> None:
+        with greenstalk.Client(_address(url), encoding=None, watch=tube) as worker:
+            for _ in range(n + warmup):
+                job = worker.reserve(10)
+                seen.put((time.time() - float(job.body)) * 1000)
+                worker.delete(job)
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    times: list[float] = []
+    with greenstalk.Client(_address(url), encoding=None, use=tube) as client:
+        time.sleep(0.2)
+        for _ in range(n + warmup):
+            client.put(repr(time.time()).encode(), priority=1024, ttr=60)
+            times.append(seen.get(timeout=10))
+            time.sleep(0.002)
+    thread.join(10)
+    times = sorted(times[warmup:])
+    return statistics.median(times), times[min(len(times) - 1, int(0.99 * len(times)))]
