@@ -318,6 +318,7 @@ class GearmanAdapter(Adapter):
         self.store = HeldStore(held_store)
         self._next_server = itertools.cycle(range(len(self.servers)))
         self._wasted_wakes = 0
+        self._grab_start = 0
 
     def __repr__(self) -> str:
         return f"<GearmanAdapter {','.join(str(s.address) for s in self.servers)} held_store={self.store.path!r}>"
@@ -390,14 +391,17 @@ class GearmanAdapter(Adapter):
                 left = deadline - time.monotonic()
             woken = self._sleep(max(min(left, self.poll_interval), 0.0))
 
-    def _live(self) -> Iterator[_Server]:
+    def _live(self, start: int = 0) -> Iterator[_Server]:
+        """The servers not recently failed, beginning with the ``start``-th."""
         now = time.monotonic()
-        return (s for s in self.servers if s.down_until <= now)
+        n = len(self.servers)
+        return (s for i in range(n) if (s := self.servers[(start + i) % n]).down_until <= now)
 
     def _grab_any(self, functions: tuple[str, ...], names: Mapping[str, str]) -> Job | None:
         tried = failed = 0
         errors: list[str] = []
-        for server in self._live():
+        self._grab_start = (self._grab_start + 1) % len(self.servers)  # no server starves the others
+        for server in self._live(self._grab_start):
             tried += 1
             try:
                 assignment = self._worker(server, functions).grab()
