@@ -14,7 +14,7 @@ import time
 import lilqueue
 
 app = lilqueue.App()
-queue = app.queue(os.environ.get("GEARMAN_TEST_QUEUE", "gm"), max_attempts=3, backoff=0)
+queue: lilqueue.QueueHandler = app.queue(os.environ.get("GEARMAN_TEST_QUEUE", "gm"), max_attempts=3, backoff=0)
 
 
 def record(task: lilqueue.Task, phase: str) -> None:

@@ -164,7 +164,7 @@ def test_cli_band_flags_run_high_then_normal_then_low(gearmand: Server, url: str
 def test_a_lilqueue_task_is_plain_json_for_any_gearman_worker(gearmand: Server, url: str, queue_name: str) -> None:
     app = lilqueue.App(settings=load_settings(backend=url, env={}))
     try:
-        task_id = app.queue(queue_name).send("mail", {"to": "é@example.com"}, priority=10)
+        task_id: str = app.queue(queue_name).send("mail", {"to": "é@example.com"}, priority=10)
     finally:
         app.close()
     peer = Connection(Address("127.0.0.1", gearmand.port))
@@ -199,7 +199,7 @@ def test_a_worker_killed_mid_task_has_its_job_handed_to_another(
     url: str, queue_name: str, log: Path, procs: list[subprocess.Popen[str]]
 ) -> None:
     app = lilqueue.App(settings=load_settings(backend=url, env={}))
-    task_id = app.queue(queue_name).send("slow", {"i": 1, "seconds": 30})
+    task_id: str = app.queue(queue_name).send("slow", {"i": 1, "seconds": 30})
     first = spawn_worker(url, queue_name, log)
     procs.append(first)
     wait_until(lambda: records(log), what="the first worker to start the task")
@@ -208,7 +208,7 @@ def test_a_worker_killed_mid_task_has_its_job_handed_to_another(
     with contextlib.suppress(ProcessLookupError):
         os.kill(running, signal.SIGKILL)  # kill -9, mid-task
     first.communicate()
-    handler = app.queue(queue_name)
+    handler: lilqueue.QueueHandler = app.queue(queue_name)
     wait_until(lambda: (handler.stats().ready, handler.stats().reserved) == (1, 0), what="gearmand to take it back")
     app.queue(queue_name).send("slow", {"i": 2, "seconds": 0})
     second = spawn_worker(url, queue_name, log)
@@ -225,7 +225,7 @@ def test_held_tasks_survive_a_worker_restart_and_can_be_kicked(
     url: str, queue_name: str, log: Path, procs: list[subprocess.Popen[str]]
 ) -> None:
     app = lilqueue.App(settings=load_settings(backend=url, env={}))
-    handler = app.queue(queue_name)
+    handler: lilqueue.QueueHandler = app.queue(queue_name)
     handler.send("hold", {"i": 7, "reason": "address bounced"})
     worker = spawn_worker(url, queue_name, log)
     procs.append(worker)

@@ -64,7 +64,7 @@ def feed_in_pieces(sock: socket.socket, data: bytes, sizes: tuple[int, ...] = (1
 
 def read_packets(sock: socket.socket, count: int) -> list[Packet]:
     """What the client sent: ``count`` packets read from the server's end."""
-    decoder, packets = Decoder(), []
+    decoder, packets = Decoder(), list[Packet]()
     sock.settimeout(2)
     while len(packets) < count:
         decoder.feed(sock.recv(65536))
@@ -106,7 +106,7 @@ def test_submit_payloads_travel_unchanged(command: Command, payload: bytes) -> N
 def test_decoder_waits_for_whole_packets_fed_byte_by_byte() -> None:
     stream = response(Command.JOB_CREATED, b"H:host:1") + response(Command.NOOP)
     stream += response(Command.JOB_ASSIGN_UNIQ, b"H:host:2", b"fn", b"u", BINARY)
-    decoder, packets = Decoder(), []
+    decoder, packets = Decoder(), list[Packet]()
     for i in range(len(stream)):
         decoder.feed(stream[i : i + 1])
         packets.extend(decoder.packets())
@@ -166,6 +166,23 @@ def test_submit_reads_the_handle_and_sends_the_band(pair: tuple[Connection, sock
     low, epoch = read_packets(server, 2)
     assert (low.command, low.args) == (Command.SUBMIT_JOB_LOW_BG, (b"fn", b"u", BINARY))
     assert (epoch.command, epoch.args) == (Command.SUBMIT_JOB_EPOCH, (b"fn", b"u2", b"1700000000", UTF8))
+
+
+def test_worker_verbs_send_the_right_packets(pair: tuple[Connection, socket.socket]) -> None:
+    conn, server = pair
+    conn.can_do(["mail", "mail@delayed"], reset=True)
+    conn.pre_sleep()
+    conn.work_complete(b"H:x:1")
+    conn.work_fail(b"H:x:2")
+    sent = [(p.command, p.args) for p in read_packets(server, 6)]
+    assert sent == [
+        (Command.RESET_ABILITIES, ()),
+        (Command.CAN_DO, (b"mail",)),
+        (Command.CAN_DO, (b"mail@delayed",)),
+        (Command.PRE_SLEEP, ()),
+        (Command.WORK_COMPLETE, (b"H:x:1", b"")),
+        (Command.WORK_FAIL, (b"H:x:2",)),
+    ]
 
 
 def test_receive_times_out_and_detects_a_closed_server(pair: tuple[Connection, socket.socket]) -> None:
