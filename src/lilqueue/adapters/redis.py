@@ -272,6 +272,118 @@ RELEASE, BURY, TOUCH = _Script("release", _RELEASE), _Script("bury", _BURY), _Sc
 KICK, DELETE_ID, HELD = _Script("kick", _KICK), _Script("delete_id", _DELETE_ID), _Script("held", _HELD)
 PEEK, STATS = _Script("peek", _PEEK), _Script("stats", _STATS)
 
+
+class _Link:
+    """One connection to Redis. redis-py connects and shakes hands (AUTH, HELLO, SELECT,
+    with its connect timeout); requests and replies then go straight over the socket.
+
+    Raises redis-py's own exceptions (``ConnectionError``, ``TimeoutError``,
+    ``ResponseError`` and its subclasses), which the adapter translates.
+    """
+
+    def __init__(self, conn: Any, timeout: float) -> None:
+        self.conn = conn
+        self.timeout = timeout
+        self.buf, self.pos = b"", 0
+        self.sock: Any = None
+        self.poller, self.polled = select.poll(), None
+
+    def send(self, data: bytes) -> None:
+        if self.sock is None:
+            self.conn.connect()
+            self.sock, self.buf, self.pos = self.conn._sock, b"", 0
+        try:
+            self.sock.sendall(data)
+        except OSError as exc:
+            self.close()
+            raise rex.ConnectionError(f"error writing to Redis: {exc}") from exc
+
+    def read(self, timeout: float | None = None) -> Any:
+        """One reply (waiting up to ``timeout`` seconds, default the socket timeout)."""
+        if timeout is not None:
+            self.sock.settimeout(timeout)
+        try:
+            return self._reply()
+        except TimeoutError as exc:
+            self.close()
+            raise rex.TimeoutError("timed out reading from Redis") from exc
+        except OSError as exc:
+            self.close()
+            raise rex.ConnectionError(f"error reading from Redis: {exc}") from exc
+        except rex.ConnectionError:
+            self.close()
+            raise
+        finally:
+            if timeout is not None and self.sock is not None:
+                self.sock.settimeout(self.timeout)
+
+    def idle_and_closed(self) -> bool:
+        """Whether the server closed this idle connection (EOF or junk waiting; no round trip)."""
+        if self.sock is None or self.pos < len(self.buf):
+            return False
+        if self.polled is not self.sock:
+            self.poller, self.polled = select.poll(), self.sock
+            self.poller.register(self.sock, select.POLLIN)
+        return bool(self.poller.poll(0))
+
+    def close(self) -> None:
+        self.sock, self.buf, self.pos = None, b"", 0
+        self.conn.disconnect()
+
+    def _reply(self) -> Any:
+        line = self._line()
+        kind, rest = line[:1], line[1:]
+        if kind == b"$" or kind == b"=":
+            size = int(rest)
+            return None if size < 0 else self._exact(size)
+        if kind == b":" or kind == b"(":
+            return int(rest)
+        if kind == b"*" or kind == b"~" or kind == b">":
+            size = int(rest)
+            items = None if size < 0 else [self._reply() for _ in range(size)]
+            return self._reply() if kind == b">" else items  # a push message: not ours
+        if kind == b"%":
+            return {self._reply(): self._reply() for _ in range(int(rest))}
+        if kind == b"_":
+            return None
+        if kind == b"+":
+            return rest
+        if kind == b",":
+            return float(rest)
+        if kind == b"#":
+            return rest == b"t"
+        if kind == b"-" or kind == b"!":
+            message = (self._exact(int(rest)) if kind == b"!" else rest).decode(errors="replace")
+            raise _ERRORS.get(message.split(" ", 1)[0], rex.ResponseError)(message)
+        raise rex.ConnectionError(f"unexpected reply from Redis: {line[:40]!r}")
+
+    def _line(self) -> bytes:
+        while (end := self.buf.find(b"\r\n", self.pos)) < 0:
+            self._fill()
+        line, self.pos = self.buf[self.pos : end], end + 2
+        return line
+
+    def _exact(self, size: int) -> bytes:
+        while len(self.buf) - self.pos < size + 2:
+            self._fill()
+        data, self.pos = self.buf[self.pos : self.pos + size], self.pos + size + 2
+        return data
+
+    def _fill(self) -> None:
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            raise rex.ConnectionError("Redis closed the connection")
+        self.buf, self.pos = self.buf[self.pos :] + chunk, 0
+
+
+_ERRORS: dict[str, type[rex.RedisError]] = {
+    "NOSCRIPT": rex.NoScriptError,
+    "LOADING": rex.BusyLoadingError,
+    "MASTERDOWN": rex.ConnectionError,
+    "READONLY": rex.ConnectionError,
+}
+
+
 _OPTIONS = {
     "host": str,
     "port": int,
@@ -316,9 +428,8 @@ class RedisAdapter(Adapter):
         self.timeout = timeout
         self.pipeline_acks = pipeline_acks
         self._pending: list[tuple[_Script, tuple[Any, ...]]] = []
-        self._poll, self._polled = select.poll(), None  # for _drop_if_closed
         # One connection, driven command by command: a pipelined ack's reply is read later.
-        self._conn: Any = redis.Connection(  # type: ignore[no-untyped-call]
+        conn = redis.Connection(  # type: ignore[no-untyped-call]
             host=host,
             port=port,
             db=db,
@@ -328,6 +439,7 @@ class RedisAdapter(Adapter):
             socket_connect_timeout=connect_timeout,
             socket_timeout=timeout,
         )
+        self._link = _Link(conn, timeout)
 
     @classmethod
     def from_config(cls, url: str | None, options: Mapping[str, Any]) -> RedisAdapter:
@@ -366,8 +478,8 @@ class RedisAdapter(Adapter):
         """BLPOP the wake lists for up to ``wait`` seconds (woken early by any token)."""
         self._settle()
         try:
-            self._conn.send_command("BLPOP", *wake_keys, f"{wait:.3f}")
-            self._conn.read_response(timeout=wait + self.timeout)
+            self._link.send(_pack((b"BLPOP",), (*wake_keys, f"{wait:.3f}")))
+            self._link.read(timeout=wait + self.timeout)
         except rex.RedisError as exc:
             raise self._translate(exc, "BLPOP") from exc
 
@@ -377,7 +489,7 @@ class RedisAdapter(Adapter):
             self._call(DELETE, *args)
             return
         try:
-            self._conn.send_packed_command([_pack(DELETE.evalsha, args)], check_health=False)
+            self._link.send(_pack(DELETE.evalsha, args))
         except rex.RedisError as exc:
             raise self._translate(exc, "delete") from exc
         self._pending.append((DELETE, args))
@@ -427,19 +539,20 @@ class RedisAdapter(Adapter):
             self._settle()
         except BackendError as exc:
             log.debug("pipelined acks lost on close (they come back after their ttr): %s", exc)
-        self._conn.disconnect()
+        self._link.close()
 
     # -- talking to Redis ------------------------------------------------------------
 
     def _call(self, script: _Script, *args: Any) -> Any:
         """Run ``script`` by EVALSHA; read any pipelined acks' replies first. Translates errors."""
-        if not self._pending:
-            self._drop_if_closed()
+        if not self._pending and self._link.idle_and_closed():
+            log.info("Redis %s closed an idle connection (a restart?); reconnecting", self.where)
+            self._link.close()
         try:
-            self._conn.send_packed_command([_pack(script.evalsha, args)], check_health=False)
+            self._link.send(_pack(script.evalsha, args))
             redo = self._drain()
             try:
-                reply = self._conn.read_response()
+                reply = self._link.read()
             except rex.NoScriptError:  # a new or restarted server: EVAL loads the script
                 redo.append((script, args))
                 reply = None
@@ -451,24 +564,9 @@ class RedisAdapter(Adapter):
         except rex.RedisError as exc:
             raise self._translate(exc, script.name) from exc
 
-    def _drop_if_closed(self) -> None:
-        """An idle connection with something to read was closed by the server (say, a restart).
-
-        Drop it, so the next command reconnects instead of failing (one poll(), no round trip).
-        """
-        sock = self._conn._sock
-        if sock is None:
-            return
-        if self._polled is not sock:
-            self._poll, self._polled = select.poll(), sock
-            self._poll.register(sock, select.POLLIN)
-        if self._poll.poll(0):
-            log.info("Redis %s closed an idle connection; reconnecting", self.where)
-            self._conn.disconnect()
-
     def _eval(self, script: _Script, args: tuple[Any, ...]) -> Any:
-        self._conn.send_command("EVAL", script.text, 0, *args)
-        return self._conn.read_response()
+        self._link.send(_pack((b"EVAL", script.text.encode(), b"0"), args))
+        return self._link.read()
 
     def _drain(self) -> list[tuple[_Script, tuple[Any, ...]]]:
         """Read the pipelined acks' replies, in order; return those whose script was missing."""
@@ -476,7 +574,7 @@ class RedisAdapter(Adapter):
         while self._pending:
             script, args = self._pending.pop(0)
             try:
-                self._conn.read_response()
+                self._link.read()
             except rex.NoScriptError:
                 redo.append((script, args))
             except rex.ResponseError as exc:
@@ -494,7 +592,7 @@ class RedisAdapter(Adapter):
     def _translate(self, exc: rex.RedisError, what: str) -> BackendError:
         if isinstance(exc, rex.ConnectionError | rex.TimeoutError):
             self._pending.clear()
-            self._conn.disconnect()
+            self._link.close()
             kind = BackendTimeoutError if isinstance(exc, rex.TimeoutError) else BackendConnectionError
             return kind(f"Redis {self.where} ({what}): {exc}")
         return BackendError(f"Redis {self.where} ({what}): {exc}")
