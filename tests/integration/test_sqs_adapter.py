@@ -228,3 +228,15 @@ def test_a_queue_deleted_behind_our_back_is_made_again(adapter: SQSAdapter, url:
         assert reserve_until(fresh, [name]).id == task_id
     finally:
         fresh.close()
+
+
+def test_a_reason_sqs_cannot_carry_is_held_all_the_same(adapter: SQSAdapter) -> None:
+    # AWS refuses characters outside XML's set in bodies and attributes (moto takes them):
+    # a refused hold would leave the task to come back after its ttr, again and again.
+    name = fresh_name()
+    put(adapter, name, b"\x00\xff binary body")
+    job = reserve_until(adapter, [name])
+    adapter.bury(job, reason="ValueError: bad \x00 byte \x1b[31m in the message")
+    (held,) = adapter.held(name)
+    assert held.body == b"\x00\xff binary body"
+    assert held.reason == "ValueError: bad \ufffd byte \ufffd[31m in the message"

@@ -515,9 +515,10 @@ class SQSAdapter(Adapter):
                 found.extend(batch)
             found.sort(key=lambda m: (_float(_attributes(m).get(A_HELD_AT)) or 0.0, _id(m)))
             chosen = choose(found)
-            for message in chosen if act is not None else ():
-                act(queue, url, message)  # type: ignore[misc]
-                acted.append(message)
+            if act is not None:
+                for message in chosen:
+                    act(queue, url, message)
+                    acted.append(message)
         finally:
             self._show(url, [m for m in found if not any(m is a for a in acted)])
         return chosen
@@ -551,8 +552,18 @@ class SQSAdapter(Adapter):
         with _translated("ListQueueTags"):
             return dict(self.client.list_queue_tags(QueueUrl=url).get("Tags", {}))
 
+    def _tags_or_none(self, queue: str) -> dict[str, str]:
+        """The queue's tags; none (with a warning) where reading them is not allowed."""
+        try:
+            return self._tags(queue)
+        except BackendConnectionError:
+            raise
+        except BackendError as exc:
+            log.warning("cannot read the tags of SQS queue %s (deleted delayed tasks may run): %s", queue, exc)
+            return {}
+
     def _tombstoned(self, queue: str, id: str) -> bool:
-        return TOMBSTONE + id in self._tags(queue)
+        return TOMBSTONE + id in self._tags_or_none(queue)
 
     def _tombstone(self, queue: str, id: str, due: float) -> bool:
         tags = self._tags(queue)
@@ -582,8 +593,8 @@ class SQSAdapter(Adapter):
                 ready += counts["ApproximateNumberOfMessages"]
                 delayed += counts["ApproximateNumberOfMessagesDelayed"]
                 reserved += counts["ApproximateNumberOfMessagesNotVisible"]
-        now = time.time()
-        deleted = sum(1 for k, v in self._tags(queue).items() if k.startswith(TOMBSTONE) and (_float(v) or 0) > now)
+        now, tags = time.time(), self._tags_or_none(queue)
+        deleted = sum(1 for k, v in tags.items() if k.startswith(TOMBSTONE) and (_float(v) or 0) > now)
         return QueueStats(ready, max(delayed - deleted, 0), reserved, held, approximate=True)
 
     def _counts(self, name: str) -> dict[str, int]:
@@ -730,7 +741,7 @@ def _decode_body(text: str, attrs: Mapping[str, str]) -> bytes:
 
 
 def _attribute_values(attrs: Mapping[str, str]) -> dict[str, MessageAttributeValueTypeDef]:
-    return {k: {"DataType": "String", "StringValue": v} for k, v in attrs.items() if v}
+    return {k: {"DataType": "String", "StringValue": _NOT_TEXT.sub("\ufffd", v)} for k, v in attrs.items() if v}
 
 
 def _attributes(message: MessageTypeDef) -> dict[str, str]:
