@@ -7,24 +7,30 @@ lacks, and how this adapter supplies it:
 
 Deliveries and the hot path
     A reserved job says neither its tube, priority, TTR nor how often it was handed
-    out, so each reservation costs one ``stats-job`` round trip: ``Job.deliveries``
-    is the job's ``reserves`` count (it also counts releases for retry and TTR
-    lapses, which is what the runner's attempt count needs). To pay for it, a
-    ``delete`` is pipelined: it is written at once, and its reply is read together
-    with the next command's (normally the next ``reserve``), so a processed task
-    still costs two round trips, as in a raw ``reserve`` + ``delete`` loop.
+    out, so each reservation needs a ``stats-job``: ``Job.deliveries`` is the job's
+    ``reserves`` count (it grows with every reservation, including those after a
+    release for retry or a TTR lapse, and it survives a binlog restart). To keep
+    that off the round-trip budget, the ``stats-job`` of the id the connection will
+    probably get (the last reserved id + 1: one producer's jobs are numbered in the
+    order they are taken) is sent in the same write as the ``reserve``; when the
+    guess is wrong (several producers or tubes) the stats are asked for afterwards.
+    A ``delete`` is written at once but its reply is read with the next command's.
+    So a processed task costs one round trip when the guess holds (a raw
+    ``reserve`` + ``delete`` loop pays two), at most two when it does not.
 
 Hold reasons
     beanstalkd keeps nothing but the job on a buried job, and can only show the
     oldest buried job of a tube. So before burying job ``ID`` of tube ``T`` the
     adapter puts a small JSON *reason record* (``tube``, ``id``, ``reason``,
-    ``held_at``, ``buries``) as a ready job in its own tube
+    ``held_at``, ``reserves``) as a ready job in its own tube
     ``lilqueue-held/T/<held_at ms>/ID`` (``T`` replaced by ``$<digest>`` when the
     name would pass beanstalkd's 200 bytes). ``list-tubes`` therefore lists every
     held task, in the order held, without reserving anything; the records live in
     the binlog like any job, so they survive a restart. A record is valid while job
-    ``ID`` is buried in ``T`` with the same ``buries`` count; stale records (the job
-    was kicked, deleted or re-held by another client) are deleted when met. Jobs
+    ``ID`` is buried in ``T`` and has been reserved exactly ``reserves`` times (a
+    job can only be buried by the worker that reserved it, and the ``reserves``
+    count survives a binlog restart while ``buries`` does not); stale records (the
+    job was kicked, deleted or re-held by another client) are deleted when met. Jobs
     buried by other clients have no record; the oldest one is still listed (with no
     reason) and kicked. Nobody watches the record tubes, so no worker takes them.
 
@@ -108,7 +114,7 @@ NUDGE_MARGIN = 0.1
 #: longest pause, in seconds, before an unreachable server is tried again
 DOWN_CAP = 30.0
 OPTIONS = ("servers", "connect_timeout", "io_timeout")
-_STATS_FIELDS = re.compile(rb"^(id|tube|pri|ttr|reserves|buries): (.*)$", re.MULTILINE)
+_STATS_FIELDS = re.compile(rb"^(id|tube|pri|ttr|reserves): (.*)$", re.MULTILINE)
 _TUBE = re.compile(r"[A-Za-z0-9+/;.$_()][A-Za-z0-9\-+/;.$_()]*\Z")
 #: what a broken or desynchronised connection raises (greenstalk asserts on bad framing)
 _BROKEN = (OSError, AssertionError, ValueError)
@@ -160,7 +166,7 @@ class _Lease(NamedTuple):
     conn: _Conn
     generation: int
     jid: int
-    buries: int
+    reserves: int
 
 
 class _Conn:
@@ -520,8 +526,8 @@ class BeanstalkdAdapter(Adapter):
     def _job(self, conn: _Conn, jid: int, body: bytes, stats: dict[bytes, bytes]) -> Job:
         ttr = int(stats[b"ttr"])
         self._nudge_by(conn, conn.lease(jid, ttr))
-        lease = _Lease(conn, conn.generation, jid, int(stats[b"buries"]))
         tube, priority, reserves = stats[b"tube"].decode(), int(stats[b"pri"]), int(stats[b"reserves"])
+        lease = _Lease(conn, conn.generation, jid, reserves)
         if conn.failures:
             conn.healthy()
         return Job(self._id(conn, jid), tube, body, priority, ttr, reserves, lease)
@@ -685,7 +691,7 @@ class BeanstalkdAdapter(Adapter):
         conn, held_at = lease.conn, time.time()
         held_ms = int(held_at * 1000)
         record = _Record(conn, _held_stem(tube) + f"{held_ms}/{lease.jid}", held_ms, lease.jid)
-        body = {"tube": tube, "id": lease.jid, "reason": reason, "held_at": held_at, "buries": lease.buries + 1}
+        body = {"tube": tube, "id": lease.jid, "reason": reason, "held_at": held_at, "reserves": lease.reserves}
         data = _fit(body, conn.max_job_size)
         with conn.session() as client:
             conn.use(client, record.tube)
@@ -715,7 +721,7 @@ class BeanstalkdAdapter(Adapter):
             info = _found(lambda: client.stats_job(record.jid))
             held = info is not None and info["state"] == "buried" and info["tube"] == tube
             job = _found(lambda: client.peek(record.jid)) if held else None
-            if job is None or info is None or info["buries"] != data.get("buries"):
+            if job is None or info is None or info["reserves"] != data.get("reserves"):
                 self._delete_quietly(client, rec_job.id)
                 return None
         reason, held_at = data.get("reason"), data.get("held_at")
@@ -815,9 +821,18 @@ class BeanstalkdAdapter(Adapter):
         tube = _tube(queue)
         if state == "held":
             held = self._held_with_records(tube, 1)
-            return Peeked(held[0][0].id, tube, held[0][0].body) if held else None
+            return Peeked(held[0][0].id, tube, held[0][0].body, self._priority(held[0][0].id)) if held else None
         found = [p for c in self._reachable() if (p := self._peek_job(c, tube, state)) is not None]
         return min(found, key=lambda p: p[0])[1] if found else None
+
+    def _priority(self, id: str) -> int | None:
+        located = self._locate(id)
+        if located is None:
+            return None
+        conn, jid = located
+        with conn.session() as client:
+            info = _found(lambda: client.stats_job(jid))
+        return None if info is None else info["pri"]
 
     def _peek_job(self, conn: _Conn, tube: str, state: PeekState) -> tuple[int, Peeked] | None:
         """The next job in ``state`` on one server, with the key that orders it across servers."""
