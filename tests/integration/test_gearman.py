@@ -257,6 +257,11 @@ def test_a_restarted_gearmand_is_reconnected(tmp_path: Path, queue_name: str) ->
         adapter.put(queue_name, b"before", priority=1, delay=0, ttr=60)
         assert adapter.reserve([queue_name], 5) is not None
         server.kill()
+        server.start()  # while the adapter's connections sat idle: they are stale now
+        adapter.put(queue_name, b"restarted", priority=1, delay=0, ttr=60)
+        job = adapter.reserve([queue_name], 5)
+        assert job is not None and job.body == b"restarted"
+        server.kill()
         with pytest.raises(BackendConnectionError):
             adapter.reserve([queue_name], 0.5)
         with pytest.raises(BackendConnectionError):

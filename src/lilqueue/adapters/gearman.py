@@ -59,6 +59,7 @@ from lilqueue.adapters.base import (
 from lilqueue.adapters.gearman_protocol import (
     Address,
     Admin,
+    Assignment,
     Band,
     Command,
     Connection,
@@ -355,10 +356,22 @@ class GearmanAdapter(Adapter):
         for _ in range(len(self.servers)):
             server = self.servers[next(self._next_server)]
             try:
-                return server, server.client.submit(queue, unique, body, band=band, when=when)
+                return server, self._submit_to(server, queue, unique, body, band, when)
             except BackendConnectionError as exc:
                 failures.append(str(exc))
         raise BackendConnectionError("no Gearman server took the job: " + "; ".join(failures))
+
+    @staticmethod
+    def _submit_to(server: _Server, queue: str, unique: str, body: bytes, band: Band, when: int | None) -> bytes:
+        """Submit on the server's client connection; once more on a new one if the old one had gone
+        stale (gearmand restarted). The same unique key makes gearmand merge a job that did land."""
+        stale = server.client.connected
+        try:
+            return server.client.submit(queue, unique, body, band=band, when=when)
+        except BackendConnectionError:
+            if not stale:
+                raise
+        return server.client.submit(queue, unique, body, band=band, when=when)
 
     # -- consuming ----------------------------------------------------------------------
 
@@ -404,8 +417,8 @@ class GearmanAdapter(Adapter):
         for server in self._live(self._grab_start):
             tried += 1
             try:
-                assignment = self._worker(server, functions).grab()
-            except BackendConnectionError as exc:
+                assignment = self._grab_from(server, functions)
+            except BackendError as exc:  # unreachable, or a garbled stream: reconnect later
                 failed += 1
                 errors.append(str(exc))
                 self._mark_down(server, exc)
@@ -420,6 +433,16 @@ class GearmanAdapter(Adapter):
             why = "; ".join(errors) or "every server failed recently"
             raise BackendConnectionError(f"no Gearman server reachable: {why}")
         return None
+
+    def _grab_from(self, server: _Server, functions: tuple[str, ...]) -> Assignment | None:
+        """GRAB_JOB_UNIQ; once more on a new connection if the old one had gone stale."""
+        stale = server.worker.connected
+        try:
+            return self._worker(server, functions).grab()
+        except BackendConnectionError:
+            if not stale:
+                raise
+        return self._worker(server, functions).grab()
 
     def _worker(self, server: _Server, functions: tuple[str, ...]) -> Connection:
         conn = server.worker
