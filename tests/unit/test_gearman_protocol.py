@@ -313,3 +313,15 @@ def test_config_from_url_and_servers_option(tmp_path: Path) -> None:
         assert [s.address for s in adapter.servers] == [Address("b", 3), Address("c", 4730)]
     finally:
         adapter.close()
+
+
+def test_the_held_store_is_created_on_first_use(tmp_path: Path) -> None:
+    path = tmp_path / "deep" / "held.db"
+    adapter = GearmanAdapter.from_config(f"gearman://127.0.0.1:1?held_store=sqlite:///{path}", {})
+    try:
+        assert not path.exists()  # a producer that never holds or delays never creates it
+        assert adapter.held("mail") == [] and adapter.kick("mail", 5) == 0
+        assert not adapter.delete_id("mail", "nope") and not adapter.kick_id("mail", "nope")
+        assert path.exists()
+    finally:
+        adapter.close()

@@ -195,19 +195,34 @@ class HeldStore:
 
     def __init__(self, path: str, *, busy_timeout: float = 30.0) -> None:
         self.path = path
-        try:
-            self.db = sqlite3.connect(path, isolation_level=None, timeout=busy_timeout, check_same_thread=False)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.executescript(_STORE_SCHEMA)
-        except sqlite3.Error as exc:
-            raise BackendConnectionError(f"cannot open the Gearman held store {path!r}: {exc}") from exc
+        self.busy_timeout = busy_timeout
+        self._db: sqlite3.Connection | None = None
+
+    def _open(self) -> sqlite3.Connection:
+        """The file is opened (and created) on first use: a producer that never delays never touches it."""
+        if self._db is None:
+            try:
+                if self.path != ":memory:":
+                    Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+                db = sqlite3.connect(
+                    self.path, isolation_level=None, timeout=self.busy_timeout, check_same_thread=False
+                )
+                db.execute("PRAGMA journal_mode=WAL")
+                db.executescript(_STORE_SCHEMA)
+            except (OSError, sqlite3.Error) as exc:
+                raise BackendConnectionError(f"cannot open the Gearman held store {self.path!r}: {exc}") from exc
+            self._db = db
+        return self._db
 
     def close(self) -> None:
-        self.db.close()
+        db, self._db = self._db, None
+        if db is not None:
+            db.close()
 
     def _run(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
+        db = self._open()
         try:
-            return self.db.execute(sql, params)
+            return db.execute(sql, params)
         except sqlite3.OperationalError as exc:
             raise BackendConnectionError(f"Gearman held store {self.path!r}: {exc}") from exc
         except sqlite3.Error as exc:
@@ -654,7 +669,4 @@ def _held_store_path(where: str, value: Any) -> str:
         raise ConfigError(
             f"{where}: must be an SQLite URL like sqlite:///relative.db or sqlite:////abs/path.db, not {value!r}"
         )
-    path = unquote(value.removeprefix("sqlite:///").partition("?")[0])
-    if path != ":memory:":
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-    return path
+    return unquote(value.removeprefix("sqlite:///").partition("?")[0])
