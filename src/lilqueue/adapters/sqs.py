@@ -114,6 +114,8 @@ BANDS: tuple[Band, ...] = (
 HELD_SUFFIX = "__held"
 #: SQS's longest DelaySeconds; longer delays hop.
 MAX_DELAY = 900
+#: SQS's longest visibility timeout: a longer ttr is capped to it
+MAX_VISIBILITY = 43_200
 #: a delayed message surfacing this many seconds before its due time runs (any earlier: it hops)
 HOP_SLACK = 0.5
 #: seconds a received message stays invisible before its own ttr is applied
@@ -458,9 +460,10 @@ class SQSAdapter(Adapter):
         self._change_visibility(_receipt(job), job.ttr)
 
     def _change_visibility(self, receipt: _Receipt, seconds: int) -> None:
+        """Make the message invisible for ``seconds`` from now (at most SQS's 12 hours)."""
         with _translated("ChangeMessageVisibility"):
             self.client.change_message_visibility(
-                QueueUrl=receipt.url, ReceiptHandle=receipt.handle, VisibilityTimeout=seconds
+                QueueUrl=receipt.url, ReceiptHandle=receipt.handle, VisibilityTimeout=min(seconds, MAX_VISIBILITY)
             )
 
     def _move(self, url: str, message: MessageTypeDef, to: str, attrs: dict[str, str], *, delay: float = 0) -> None:
