@@ -130,7 +130,7 @@ class Server:
     @property
     def key(self) -> str:
         """``host:port``, the prefix of this server's task ids in a pool."""
-        return f"{self.host}:{self.port}"
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
 class _Client(greenstalk.Client[bytes]):
@@ -424,6 +424,8 @@ class BeanstalkdAdapter(Adapter):
     def put(self, queue: str, body: bytes, *, priority: int, delay: float, ttr: int) -> str:
         tube = _tube(queue)
         command = b"put %d %d %d %d\r\n%b\r\n" % (priority, _seconds(delay), ttr, len(body), body)
+        if not self.pooled:
+            return str(self._put_on(self.conns[0], tube, command, len(body)))
         failures: list[BackendConnectionError] = []
         for conn in self._put_order():
             try:
@@ -464,7 +466,8 @@ class BeanstalkdAdapter(Adapter):
                 raise BackendError(f"beanstalkd {conn.key} is out of memory and buried the task") from exc
             except greenstalk.Error as exc:
                 raise BackendError(f"beanstalkd {conn.key}: {type(exc).__name__} {exc}") from exc
-        conn.healthy()
+        if conn.failures:
+            conn.healthy()
         return int(jid)
 
     # -- reserving -------------------------------------------------------------------
