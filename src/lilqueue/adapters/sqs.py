@@ -677,15 +677,15 @@ def _translated(operation: str, queue: str = "") -> Iterator[None]:
         code = exc.response.get("Error", {}).get("Code", "")
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
         cls = BackendConnectionError if status >= 500 or code in _UNAVAILABLE else BackendError
-        error = cls(f"{what}: {exc}")
-        error.code = code  # type: ignore[attr-defined]
-        raise error from exc
+        raise cls(f"{what}: {exc}") from exc
     except BotoCoreError as exc:
         raise BackendError(f"{what}: {exc}") from exc
 
 
 def _code(exc: BaseException) -> str:
-    return str(getattr(exc, "code", ""))
+    """The SQS error code behind a translated error ("" if none)."""
+    cause = exc.__cause__
+    return str(cause.response.get("Error", {}).get("Code", "")) if isinstance(cause, ClientError) else ""
 
 
 def _option(key: str, value: Any) -> Any:
