@@ -372,3 +372,18 @@ def test_band_stats_from_the_admin_protocol(gearmand: Server, url: str, queue_na
     adapter.bury(job, reason="for stats")
     assert adapter.stats(queue_name).as_dict() == {"ready": 5, "delayed": 1, "reserved": 0, "held": 1}
     adapter.close()
+
+
+def test_a_hold_that_cannot_be_stored_gives_the_job_back(gearmand: Server, tmp_path: Path, queue_name: str) -> None:
+    broken = tmp_path / "not-a-file"
+    broken.mkdir()  # SQLite cannot open a directory
+    adapter = GearmanAdapter.from_config(gearman_url([gearmand.port], broken), {})
+    adapter.put(queue_name, b"keep me", priority=1, delay=0, ttr=60)
+    job = adapter.reserve([queue_name], 5)
+    assert job is not None
+    with pytest.raises(BackendConnectionError, match="could not hold"):
+        adapter.bury(job, reason="nowhere to put it")
+    again = adapter.reserve([queue_name], 5)  # never dropped: gearmand hands it out again
+    assert again is not None and again.body == b"keep me"
+    adapter.delete(again)
+    adapter.close()

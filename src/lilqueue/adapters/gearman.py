@@ -519,9 +519,17 @@ class GearmanAdapter(Adapter):
         conn.work_complete(handle)
 
     def bury(self, job: Job, *, reason: str) -> None:
-        """Write the task to the held store, then complete its job (never the other way round)."""
+        """Write the task to the held store, then complete its job (never the other way round).
+
+        If the held store fails, the worker connection is dropped so that gearmand hands
+        the job out again (Gearman has no other way to give a job back).
+        """
         conn, handle = self._conn(job)
-        self.store.hold(job.queue, job.id, job.body, job.priority, job.ttr, reason)
+        try:
+            self.store.hold(job.queue, job.id, job.body, job.priority, job.ttr, reason)
+        except BackendError as exc:
+            conn.close()
+            raise BackendConnectionError(f"could not hold job {job.id}, so gearmand gets it back: {exc}") from exc
         conn.work_complete(handle)
 
     def touch(self, job: Job) -> None:
