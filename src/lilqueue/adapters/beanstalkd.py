@@ -117,7 +117,7 @@ OPTIONS = ("servers", "connect_timeout", "io_timeout")
 _STATS_FIELDS = re.compile(rb"^(id|tube|pri|ttr|reserves): (.*)$", re.MULTILINE)
 _TUBE = re.compile(r"[A-Za-z0-9+/;.$_()][A-Za-z0-9\-+/;.$_()]*\Z")
 #: what a broken or desynchronised connection raises (greenstalk asserts on bad framing)
-_BROKEN = (OSError, AssertionError, ValueError)
+_BROKEN = (OSError, AssertionError, ValueError, greenstalk.UnknownResponseError)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -233,7 +233,7 @@ class _Conn:
         self.failures += 1
         self.down_until = time.monotonic() + min(DOWN_CAP, 0.5 * 2 ** min(self.failures - 1, 6))
         cls = BackendTimeoutError if isinstance(exc, TimeoutError) else BackendConnectionError
-        return cls(f"beanstalkd {self.key}: {exc or type(exc).__name__}")
+        return cls(f"beanstalkd {self.key}: {str(exc) or type(exc).__name__}")
 
     def drop(self) -> None:
         """Close the connection; the server hands back whatever it had reserved for us."""
@@ -277,6 +277,9 @@ class _Conn:
                 raise self.broken(exc) from exc
             except greenstalk.Error as exc:
                 raise BackendError(f"beanstalkd {self.key}: {type(exc).__name__} {exc}") from exc
+            except BaseException:
+                self.drop()  # interrupted mid-exchange (a signal): the replies are out of step
+                raise
 
     def use(self, client: _Client, tube: str) -> None:
         if self.used != tube:
@@ -366,7 +369,10 @@ class _Nudger(threading.Thread):
             self.wake.clear()
             now = time.monotonic()
             for conn in self.conns:
-                conn.nudge(now)
+                try:
+                    conn.nudge(now)
+                except Exception:  # never let the watcher die quietly
+                    log.exception("the beanstalkd ttr nudger failed on %s", conn.key)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -466,6 +472,9 @@ class BeanstalkdAdapter(Adapter):
                 raise BackendError(f"beanstalkd {conn.key} is out of memory and buried the task") from exc
             except greenstalk.Error as exc:
                 raise BackendError(f"beanstalkd {conn.key}: {type(exc).__name__} {exc}") from exc
+            except BaseException:
+                conn.drop()
+                raise
         if conn.failures:
             conn.healthy()
         return int(jid)
@@ -500,6 +509,9 @@ class BeanstalkdAdapter(Adapter):
                 raise conn.broken(exc) from exc
             except greenstalk.Error as exc:
                 raise BackendError(f"beanstalkd {conn.key}: {type(exc).__name__} {exc}") from exc
+            except BaseException:
+                conn.drop()  # interrupted mid-exchange (a signal): the replies are out of step
+                raise
 
     def _reserved(self, conn: _Conn, client: _Client, guess: int | None = None) -> Job | None:
         """Read a reserve reply and its job's stats. Called holding ``conn.lock``.
@@ -569,6 +581,9 @@ class BeanstalkdAdapter(Adapter):
         return self._wait_pool([c for c in live if c.client is not None], tubes, _seconds(timeout))
 
     def _wait_pool(self, conns: list[_Conn], tubes: tuple[str, ...], seconds: int) -> Job | None:
+        """Wait on every server at once; the first job to come (others are kept or handed back)."""
+        if not conns:
+            return None
         waiting: dict[socket.socket, _Conn] = {}
         for conn in conns:
             if (sock := self._begin_wait(conn, tubes, seconds)) is not None:
@@ -630,10 +645,11 @@ class BeanstalkdAdapter(Adapter):
         while self._stash:
             job = self._stash.pop(0)
             try:
-                self.touch(job)
+                if self._finish(job, b"touch %d\r\n" % job.receipt.jid, b"TOUCHED", keep=True):
+                    self._nudge_by(job.receipt.conn, job.receipt.conn.lease(job.receipt.jid, job.ttr))
+                    return job
             except BackendConnectionError:
                 continue
-            return job
         return None
 
     # -- finishing a reserved job ----------------------------------------------------
@@ -889,8 +905,9 @@ class BeanstalkdAdapter(Adapter):
             self._nudger = None
         for conn in self.conns:
             with conn.lock:
-                if conn.client is not None and conn.acks:
+                if conn.client is not None and conn.sock is not None and conn.acks:
                     try:
+                        conn.sock.settimeout(min(1.0, conn.io_timeout))
                         conn.settle(conn.client)  # confirm pipelined deletes before hanging up
                     except (*_BROKEN, greenstalk.Error):
                         pass
