@@ -34,6 +34,7 @@ import contextlib
 import itertools
 import logging
 import math
+import random
 import re
 import sqlite3
 import time
@@ -332,7 +333,8 @@ class GearmanAdapter(Adapter):
         self.servers = [_Server(a, connect_timeout, io_timeout) for a in servers]
         self.poll_interval = poll_interval
         self.store = HeldStore(held_store)
-        self._next_server = itertools.cycle(range(len(self.servers)))
+        start = random.randrange(len(self.servers))  # short-lived producers do not all pick the first
+        self._next_server = itertools.cycle([*range(start, len(self.servers)), *range(start)])
         self._wasted_wakes = 0
         self._grab_start = 0
 
