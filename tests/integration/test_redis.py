@@ -304,3 +304,27 @@ def test_options_and_urls() -> None:
         RedisAdapter.from_config("redis://h/0?protocol=4", {})
     with pytest.raises(ConfigError, match=r"queue\.redis\.db"):
         RedisAdapter.from_config("redis://h/zero", {})
+
+
+def test_another_client_can_add_a_task_with_the_documented_recipe(url: str, client: redis.Redis) -> None:
+    app = lilqueue.App(settings=load_settings(backend=url, env={}))
+    queue = app.queue(fresh_name("php"))
+    seen: list[lilqueue.Task] = []
+    queue.worker("send")(seen.append)
+    q = queue.backend_name
+    waiter = threading.Thread(target=lambda: app.watch([queue.name], max_tasks=1, install_signal_handlers=False))
+    waiter.start()
+    time.sleep(0.3)  # the worker is blocked in BLPOP: the recipe's token must wake it
+    started = time.monotonic()
+    id = str(client.incr(f"{q}:seq"))
+    with client.pipeline(transaction=True) as tx:
+        payload = b'{"task":"send","store":"fr","data":{"to":"a@example.com"}}'
+        tx.hset(f"{q}:job:{id}", mapping={"body": payload, "pri": 1024, "ttr": 60, "n": 0})
+        tx.zadd(f"{q}:ready", {id.zfill(16): 1024})
+        tx.rpush(f"{q}:wake", 1)
+        tx.ltrim(f"{q}:wake", 0, 0)
+        tx.execute()
+    waiter.join(10)
+    assert time.monotonic() - started < 0.5
+    assert [(t.id, t.data, t.context) for t in seen] == [(id, {"to": "a@example.com"}, {"store": "fr"})]
+    app.close()
