@@ -415,11 +415,11 @@ def wait_readable(connections: Sequence[Connection], timeout: float) -> list[Con
     if not live:
         time.sleep(max(timeout, 0.0))
         return []
-    try:
-        readable, _, _ = select.select(live, [], [], max(timeout, 0.0))
-    except (OSError, ValueError):
-        return [c for c in live if c.fileno() < 0] or live  # a closed socket: let the reader find out
-    return list(readable)
+    poller = select.poll()  # not select(): no limit on descriptor numbers
+    for conn in live:
+        poller.register(conn.fileno(), select.POLLIN)
+    events = {fd for fd, _ in poller.poll(max(timeout, 0.0) * 1000)}  # POLLHUP/POLLERR too: the read finds out
+    return [c for c in live if c.fileno() in events]
 
 
 # -- the admin text protocol -------------------------------------------------------------
