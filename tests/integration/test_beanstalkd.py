@@ -331,3 +331,21 @@ def _alive(pid: int) -> bool:
             return f.read().split()[2] != "Z"
     except OSError:
         return False
+
+
+def test_a_server_that_stops_answering_is_a_bounded_connection_error(server: Server) -> None:
+    app = app_for(url_of(server) + "?io_timeout=0.5&connect_timeout=0.5")
+    jobs: lilqueue.QueueHandler = app.queue("jobs")
+    jobs.send("echo", {"i": 1})
+    assert server.proc is not None
+    server.proc.send_signal(signal.SIGSTOP)  # the kernel still accepts and buffers; nothing answers
+    try:
+        for call in (lambda: jobs.send("echo", {"i": 2}), jobs.stats, lambda: app.adapter.reserve(["jobs"], 0)):
+            started = time.monotonic()
+            with pytest.raises(lilqueue.BackendConnectionError):
+                call()
+            assert time.monotonic() - started < 3
+    finally:
+        server.proc.send_signal(signal.SIGCONT)
+    assert jobs.stats().ready in (1, 2)  # the put that timed out may have landed
+    app.close()

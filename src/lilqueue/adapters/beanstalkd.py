@@ -74,6 +74,8 @@ import random
 import re
 import select
 import socket
+import struct
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -217,7 +219,7 @@ class _Conn:
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-            sock.settimeout(self.io_timeout)
+            _bound(sock, self.io_timeout)
             client = _Client(sock, encoding=None)
             self.max_job_size = int(client.stats()["max-job-size"])
         except (*_BROKEN, greenstalk.Error) as exc:
@@ -498,7 +500,7 @@ class BeanstalkdAdapter(Adapter):
                 if conn.watched != tubes:
                     conn.watch_only(client, tubes)
                 if sock is not None and seconds > conn.waits_up_to:
-                    sock.settimeout(seconds + conn.io_timeout)  # kept: the same wait comes again
+                    _bound(sock, seconds + conn.io_timeout)  # kept: the same wait comes again
                     conn.waits_up_to = seconds
                 guess = conn.guess
                 command = b"reserve-with-timeout %d\r\n" % seconds
@@ -907,7 +909,7 @@ class BeanstalkdAdapter(Adapter):
             with conn.lock:
                 if conn.client is not None and conn.sock is not None and conn.acks:
                     try:
-                        conn.sock.settimeout(min(1.0, conn.io_timeout))
+                        _bound(conn.sock, min(1.0, conn.io_timeout))
                         conn.settle(conn.client)  # confirm pipelined deletes before hanging up
                     except (*_BROKEN, greenstalk.Error):
                         pass
@@ -929,6 +931,23 @@ def _tube(name: str) -> str:
             f"at most {MAX_TUBE} bytes, not starting with '-')"
         )
     return name
+
+
+def _bound(sock: socket.socket, seconds: float) -> None:
+    """Make every send and receive on ``sock`` give up after ``seconds``.
+
+    On Linux the kernel does it (``SO_RCVTIMEO`` / ``SO_SNDTIMEO`` on a blocking
+    socket), which spares the ``poll()`` Python's own timeouts make before each call;
+    a timeout then shows as a short read, i.e. a broken connection.
+    """
+    if sys.platform != "linux":
+        sock.settimeout(seconds)
+        return
+    sock.settimeout(None)
+    whole = int(seconds)
+    value = struct.pack("ll", whole, int((seconds - whole) * 1_000_000))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
 
 
 @functools.lru_cache(maxsize=256)
