@@ -280,8 +280,12 @@ class Runner:
                 "could not apply %s to task %s (it comes back after its ttr): %s", outcome.kind, job.id, exc,
                 extra=_fields(task, outcome=outcome.kind),
             )  # fmt: skip
-            if isinstance(exc, BackendConnectionError):
-                self.app.reset_adapter()
+            self._after_failed_ack(exc)
+
+    def _after_failed_ack(self, exc: LilqueueError) -> None:
+        """Reconnect after a lost connection, or where only a closed connection gives a job back."""
+        if isinstance(exc, BackendConnectionError) or self.app.capabilities.ttr.level == "none":
+            self.app.reset_adapter()
 
     def _release(self, job: Job, task: Task, delay: float) -> None:
         """Retry: the backend's own release, or (emulated) a re-put carrying the attempt count."""
@@ -302,8 +306,7 @@ class Runner:
             self.app.adapter.bury(job, reason=reason[:MAX_REASON])
         except LilqueueError as exc:
             log.error("could not hold job %s (it comes back after its ttr): %s", job.id, exc)
-            if isinstance(exc, BackendConnectionError):
-                self.app.reset_adapter()
+            self._after_failed_ack(exc)
 
     def _after(self, task: Task, outcome: Outcome, duration: float, error: BaseException | None) -> None:
         task.outcome = outcome

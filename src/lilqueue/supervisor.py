@@ -45,6 +45,7 @@ EXIT_DONE = 0
 EXIT_RECYCLE = 3
 EXIT_GAVE_UP = 4  # the backend stayed unreachable past --reconnect-for
 RESTART_CAP = 30.0
+HEALTHY_AFTER = 2.0  # a child that ran this long before dying restarts after the shortest pause
 TICK = 0.05
 _SLOT = struct.Struct("d")
 
@@ -104,6 +105,7 @@ class Supervisor:
         self.reconnect_for = reconnect_for
         self.beats = Heartbeats(concurrency * threads)
         self.children: dict[int, int] = {}  # pid -> slot
+        self.born: dict[int, float] = {}  # slot -> when its current child started
         self.failures = [0] * concurrency
         self.restart_at: dict[int, float] = {}  # slot -> when to restart it
         self.watchdog_killed: set[int] = set()  # slots whose child the watchdog killed
@@ -181,8 +183,10 @@ class Supervisor:
             self.watchdog_killed.discard(slot)
             self._spawn(slot)
         else:
+            if time.monotonic() - self.born.get(slot, 0.0) > HEALTHY_AFTER:
+                self.failures[slot] = 0  # it had been running fine: not a crash loop
             self.failures[slot] += 1
-            pause = min(RESTART_CAP, 0.5 * 2 ** (self.failures[slot] - 1))
+            pause = min(RESTART_CAP, 0.1 * 4 ** (self.failures[slot] - 1))
             log.error("worker process %d exited with %d; restarting it in %.1fs", pid, code, pause)
             self.restart_at[slot] = time.monotonic() + pause
 
@@ -233,6 +237,7 @@ class Supervisor:
                     logging.shutdown()
                 os._exit(code)
         self.children[pid] = slot
+        self.born[slot] = time.monotonic()
         log.info("started worker process %d", pid, extra={"pid": pid})
 
     def _child(self, slot: int, parent: int) -> int:
