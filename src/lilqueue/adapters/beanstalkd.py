@@ -113,6 +113,8 @@ HELD_PREFIX = "lilqueue-held/"
 MAX_TUBE = 200
 #: seconds after a lease's TTR before the nudger pokes its connection
 NUDGE_MARGIN = 0.1
+#: seconds between the nudger's looks while no lease is held (less than the smallest ttr)
+IDLE_LOOK = 0.9
 #: longest pause, in seconds, before an unreachable server is tried again
 DOWN_CAP = 30.0
 OPTIONS = ("servers", "connect_timeout", "io_timeout")
@@ -365,9 +367,10 @@ class _Nudger(threading.Thread):
     def run(self) -> None:
         while not self.stopped:
             dues = [d for c in self.conns if (d := c.next_due()) is not None]
-            self.planned = min(dues, default=math.inf)
-            wait = None if self.planned == math.inf else max(0.0, self.planned - time.monotonic())
-            self.wake.wait(wait)
+            # With no lease, look again in IDLE_LOOK seconds anyway: a lease taken meanwhile
+            # lapses later than that (ttr >= 1 s), so taking one never has to wake us up.
+            self.planned = min(dues, default=time.monotonic() + IDLE_LOOK)
+            self.wake.wait(max(0.0, self.planned - time.monotonic()))
             self.wake.clear()
             now = time.monotonic()
             for conn in self.conns:
