@@ -302,6 +302,9 @@ class _Link:
         except OSError as exc:
             self.close()
             raise rex.ConnectionError(f"error writing to Redis: {exc}") from exc
+        except BaseException:  # half a request may be out: this connection is done
+            self.close()
+            raise
 
     def read(self, timeout: float | None = None) -> Any:
         """One reply (waiting up to ``timeout`` seconds, default the socket timeout)."""
@@ -315,7 +318,9 @@ class _Link:
         except OSError as exc:
             self.close()
             raise rex.ConnectionError(f"error reading from Redis: {exc}") from exc
-        except rex.ConnectionError:
+        except rex.ResponseError:
+            raise  # a whole error reply was read: the connection is fine
+        except BaseException:  # a broken stream, or interrupted mid-reply (a second signal)
             self.close()
             raise
         finally:
@@ -462,31 +467,42 @@ class RedisAdapter(Adapter):
         return _text(self._call(PUT, queue, body, priority, delay * 1000 if delay > 0 else 0, ttr))
 
     def reserve(self, queues: Sequence[str], timeout: float) -> Job | None:
+        if not queues:
+            raise ValueError("reserve() needs at least one queue")
         deadline = time.monotonic() + timeout
-        while True:
-            reply = self._call(TAKE, *queues)
-            if isinstance(reply, bytes):  # b"INDEX ID PRIORITY TTR DELIVERIES\nBODY"
-                head, _, body = reply.partition(b"\n")
-                index, id, priority, ttr, deliveries = head.split()
-                return Job(id.decode(), queues[int(index) - 1], body, int(priority), int(ttr),
-                           int(deliveries), deliveries.decode())  # fmt: skip
+        reply = self._call(TAKE, *queues)
+        while not isinstance(reply, bytes):  # else b"INDEX ID PRIORITY TTR DELIVERIES\nBODY"
             left = deadline - time.monotonic()
             if left <= 0:
                 return None
             wait = left if int(reply) < 0 else min(left, int(reply) / 1000)
             if wait >= _MIN_BLOCK:
-                self._block([f"{q}:wake" for q in queues], wait)
-            elif wait > 0:
+                reply = self._block_then_take(queues, wait)
+            else:
                 time.sleep(wait)  # a delay or lease is due within a few ms
+                reply = self._call(TAKE, *queues)
+        head, _, body = reply.partition(b"\n")
+        index, id, priority, ttr, deliveries = head.split()
+        return Job(id.decode(), queues[int(index) - 1], body, int(priority), int(ttr),
+                   int(deliveries), deliveries.decode())  # fmt: skip
 
-    def _block(self, wake_keys: list[str], wait: float) -> None:
-        """BLPOP the wake lists for up to ``wait`` seconds (woken early by any token)."""
+    def _block_then_take(self, queues: Sequence[str], wait: float) -> Any:
+        """BLPOP the queues' wake lists for up to ``wait`` seconds, then the take script.
+
+        Both go in one write: Redis runs the take as soon as the BLPOP returns (woken by a
+        token or timed out), so a woken worker has its task one round trip after the put.
+        """
         self._settle()
+        blpop = _pack((b"BLPOP",), (*(f"{q}:wake" for q in queues), f"{wait:.3f}"))
         try:
-            self._link.send(_pack((b"BLPOP",), (*wake_keys, f"{wait:.3f}")))
+            self._link.send(blpop + _pack(TAKE.evalsha, tuple(queues)))
             self._link.read(timeout=wait + self.timeout)
+            try:
+                return self._link.read()
+            except rex.NoScriptError:
+                return self._eval(TAKE, tuple(queues))
         except rex.RedisError as exc:
-            raise self._translate(exc, "BLPOP") from exc
+            raise self._translate(exc, "reserve") from exc
 
     def delete(self, job: Job) -> None:
         args = (job.queue, job.id, job.receipt)
@@ -529,6 +545,8 @@ class RedisAdapter(Adapter):
         ]
 
     def peek(self, queue: str, state: PeekState) -> Peeked | None:
+        if state not in ("ready", "delayed", "held"):
+            raise ValueError(f"peek state must be ready, delayed or held, not {state!r}")
         reply = self._call(PEEK, queue, state)
         if not isinstance(reply, list):
             return None
