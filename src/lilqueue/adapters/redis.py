@@ -15,12 +15,15 @@ Every state change is one Lua script (EVALSHA), so it is atomic and takes one ro
 trip. A reserve moves due delays and lapsed leases to ``ready`` and leases the most
 urgent task of all the queues asked for; when nothing is ready it reports the next due
 time, and the worker blocks in ``BLPOP`` on the queues' wake lists until a producer
-pushes a token or that time comes: no polling while idle. ``n`` counts deliveries and
-fences a worker whose lease lapsed: its delete, release, bury or touch no longer match
-once another worker has taken the task.
+pushes a token or that time comes (no polling while idle), with the take script sent
+behind the ``BLPOP`` in the same write. ``n`` counts deliveries and fences a worker whose
+lease lapsed: its delete, release, bury or touch no longer match once another worker has
+taken the task.
 
-A delete (the ack) is pipelined: it is written to the socket at once and its reply is
-read with the next command, so a worker spends one round trip per task, not two.
+A delete (the ack) is pipelined: written at once with MSG_MORE, so it leaves in the same
+segment as the next request, and its reply is read with that request's. A busy worker
+thus spends one round trip per task, not two. redis-py connects and authenticates;
+requests and replies then go straight over its socket (``_Link``).
 """
 
 from __future__ import annotations
