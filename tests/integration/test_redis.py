@@ -328,3 +328,18 @@ def test_another_client_can_add_a_task_with_the_documented_recipe(url: str, clie
     assert time.monotonic() - started < 0.5
     assert [(t.id, t.data, t.context) for t in seen] == [(id, {"to": "a@example.com"}, {"store": "fr"})]
     app.close()
+
+
+def test_a_worker_blocked_on_several_queues_wakes_for_any_of_them(url: str, adapters: list[RedisAdapter]) -> None:
+    worker, producer = connect(adapters, url), connect(adapters, url)
+    names = [fresh_name(s) for s in "abc"]
+    got: list[tuple[float, str | None]] = []
+    waiter = threading.Thread(
+        target=lambda: got.append((time.monotonic(), getattr(worker.reserve(names, 10), "queue", None)))
+    )
+    waiter.start()
+    time.sleep(0.5)
+    put_at = time.monotonic()
+    producer.put(names[2], b"x", priority=1, delay=0, ttr=60)
+    waiter.join(10)
+    assert got and got[0][1] == names[2] and got[0][0] - put_at < 0.2
