@@ -78,6 +78,7 @@ class Runner:
         self.reconnect_for = reconnect_for
         self.auto_touch = auto_touch
         self.heartbeat = heartbeat
+        self.heartbeat_deadline = 0.0
         self.processed = 0
         self.stopping = False
         self.stop_reason = ""
@@ -173,15 +174,19 @@ class Runner:
 
     def process(self, job: Job) -> None:
         """Decode, dispatch and finish one reserved job. Never raises for bad input."""
-        beat = self.heartbeat
-        if beat is None:
+        if self.heartbeat is None:
             self._process(job)
             return
-        beat(time.monotonic() + job.ttr - WATCHDOG_MARGIN)
+        self._beat(time.monotonic() + job.ttr - WATCHDOG_MARGIN)
         try:
             self._process(job)
         finally:
-            beat(0.0)
+            self._beat(0.0)
+
+    def _beat(self, deadline: float) -> None:
+        self.heartbeat_deadline = deadline
+        if self.heartbeat is not None:
+            self.heartbeat(deadline)
 
     def _process(self, job: Job) -> None:
         handler = self.app.queue_for_backend_name(job.queue)
@@ -224,13 +229,13 @@ class Runner:
         return task
 
     def _toucher(self, job: Job) -> Callable[[], None]:
-        adapter, lock, beat = self.app.adapter, self.app.adapter_lock, self.heartbeat
+        adapter, lock = self.app.adapter, self.app.adapter_lock
 
         def touch() -> None:
             with lock:
                 adapter.touch(job)
-            if beat is not None:
-                beat(time.monotonic() + job.ttr - WATCHDOG_MARGIN)
+            if self.heartbeat is not None:
+                self._beat(time.monotonic() + job.ttr - WATCHDOG_MARGIN)
 
         return touch
 

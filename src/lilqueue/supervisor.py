@@ -182,6 +182,9 @@ class Supervisor:
         elif code == -signal.SIGKILL and slot in self.watchdog_killed:
             self.watchdog_killed.discard(slot)
             self._spawn(slot)
+        elif code == -signal.SIGKILL:  # the OOM killer or an operator, not a crash loop
+            log.warning("worker process %d was killed (SIGKILL); restarting it", pid)
+            self.restart_at[slot] = time.monotonic() + 0.1
         else:
             if time.monotonic() - self.born.get(slot, 0.0) > HEALTHY_AFTER:
                 self.failures[slot] = 0  # it had been running fine: not a crash loop
@@ -244,9 +247,9 @@ class Supervisor:
         from lilqueue.runner import Runner
 
         os.setpgid(0, 0)  # a terminal's Ctrl-C reaches the supervisor, which stops us gently
-        _die_with_parent(parent)
         for s in (signal.SIGTERM, signal.SIGINT):
             signal.signal(s, signal.SIG_DFL)
+        _die_with_parent(parent)
         runners = [
             Runner(
                 self.app, self.queues, burst=self.burst, max_tasks=self.max_tasks, max_memory=self.max_memory,
@@ -255,6 +258,9 @@ class Supervisor:
             )
             for t in range(self.threads)
         ]  # fmt: skip
+        guard = threading.Thread(target=self._orphan_guard, args=(parent, runners), name="lilqueue-orphan-guard")
+        guard.daemon = True
+        guard.start()
         try:
             _run_together(runners)
         except SystemExit as exc:
@@ -267,6 +273,23 @@ class Supervisor:
             return 1
         recycled = any(r.stop_reason.startswith("max ") for r in runners)
         return EXIT_RECYCLE if recycled else EXIT_DONE
+
+    def _orphan_guard(self, parent: int, runners: list[Runner]) -> None:
+        """If the supervisor dies, stop gently, but within ``grace`` and before any task's ttr."""
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        log.warning("worker process %d: the supervisor is gone; stopping", os.getpid())
+        runners[0].stop("the supervisor is gone")
+        limit = time.monotonic() + self.grace
+        while time.monotonic() < limit:
+            deadlines = [r.heartbeat_deadline for r in runners if r.heartbeat_deadline]
+            if deadlines and time.monotonic() > min(deadlines):
+                break
+            time.sleep(0.1)
+        log.error("worker process %d: giving up on its running task(s); they come back after their ttr", os.getpid())
+        with contextlib.suppress(Exception):
+            logging.shutdown()
+        os._exit(1)
 
 
 def _run_together(runners: list[Runner]) -> None:

@@ -228,3 +228,16 @@ def test_10000_garbage_payloads_are_all_held_and_the_worker_survives(
     assert stats.held == len(bodies) - ran and stats.ready == 0 and stats.reserved == 0
     assert all(h.reason for h in victims.held(limit=20_000))
     app.close()
+
+
+def test_an_orphaned_worker_does_not_outlive_its_task_ttr(
+    jobs: lilqueue.QueueHandler, url: str, log: Path, procs: list[object]
+) -> None:
+    jobs.send("hang", {"i": 1, "seconds": 120}, ttr=3)
+    sup = spawn(url, log)
+    procs.append(sup)
+    wait_until(lambda: pids_of(log), what="the task to start")
+    (child,) = pids_of(log)
+    sup.kill()  # kill -9 the supervisor, and with it the watchdog
+    sup.wait()
+    wait_until(lambda: not _alive(child), timeout=10, what="the orphaned worker to give up its hung task")
