@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import json
 import signal
 import sqlite3
 import time
@@ -178,3 +179,16 @@ def test_max_tasks_recycles_the_worker_process(app: lilqueue.App, url: str, log:
     assert code == 0, out
     pids = collections.Counter(r[3] for r in lines(log))
     assert sorted(pids.values()) == [1, 3, 3, 3] and len(lines(log)) == 10
+
+
+def test_json_logs_carry_the_task_fields(app: lilqueue.App, url: str, log: Path, procs: list[object]) -> None:
+    app.get_queue("jobs").send("fail", {"i": 1})
+    worker = spawn(url, log, "--burst", "--log-format", "json")
+    procs.append(worker)
+    code, out = stop(worker, sig=0)
+    assert code == 0, out
+    records = [json.loads(line) for line in out.splitlines() if line.strip()]
+    failures = [r for r in records if r.get("task_name") == "fail"]
+    assert failures, out
+    assert {"queue", "task_id", "task_name", "attempt", "outcome", "level", "time"} <= set(failures[0])
+    assert failures[0]["queue"] == "jobs" and failures[0]["attempt"] == 1
