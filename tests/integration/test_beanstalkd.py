@@ -349,3 +349,36 @@ def test_a_server_that_stops_answering_is_a_bounded_connection_error(server: Ser
         server.proc.send_signal(signal.SIGCONT)
     assert jobs.stats().ready in (1, 2)  # the put that timed out may have landed
     app.close()
+
+
+def test_long_reasons_and_long_queue_names_keep_their_hold_records(server: Server) -> None:
+    app = app_for(url_of(server))
+    adapter = app.adapter
+    long_queue = "q" + "x" * 180  # the record tube's name would pass 200 bytes: a digest stands in
+    for tube, reason in ((long_queue, "why"), ("jobs", "é" * 40_000)):  # 80,000 bytes of reason
+        adapter.put(tube, b"{}", priority=5, delay=0, ttr=60)
+        job = adapter.reserve([tube], 1)
+        assert job is not None
+        adapter.bury(job, reason=reason)
+        (held,) = adapter.held(tube)
+        assert held.id == job.id and held.reason is not None
+        assert held.reason == reason or (held.reason.endswith("…") and reason.startswith(held.reason[:-1]))
+        assert adapter.kick(tube, 5) == 1 and adapter.held(tube) == []
+    app.close()
+
+
+def test_reserving_again_while_holding_a_job_about_to_lapse(server: Server) -> None:
+    app = app_for(url_of(server))
+    adapter = app.adapter
+    adapter.put("jobs", b"{}", priority=5, delay=0, ttr=1)
+    held = adapter.reserve(["jobs"], 1)
+    assert held is not None
+    started = time.monotonic()
+    assert adapter.reserve(["jobs"], 0) is None  # beanstalkd says DEADLINE_SOON: nothing, promptly
+    assert time.monotonic() - started < 1
+    again = None
+    while again is None and time.monotonic() - started < 5:
+        again = adapter.reserve(["jobs"], 1)  # the lapsed job comes back, to this very connection
+    assert again is not None and again.id == held.id and again.deliveries == 2
+    adapter.delete(again)
+    app.close()
