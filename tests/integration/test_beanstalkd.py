@@ -382,3 +382,22 @@ def test_reserving_again_while_holding_a_job_about_to_lapse(server: Server) -> N
     assert again is not None and again.id == held.id and again.deliveries == 2
     adapter.delete(again)
     app.close()
+
+
+def test_a_retried_task_keeps_its_priority_and_counts_its_attempts(server: Server) -> None:
+    app = app_for(url_of(server))
+    jobs: lilqueue.QueueHandler = app.queue("jobs", max_attempts=5, backoff=0)
+    runs: list[tuple[int, int | None]] = []
+
+    def flaky(task: lilqueue.Task) -> None:
+        runs.append((task.attempts, task.priority))  # the priority the job came back with
+        if task.attempts < 3:
+            raise RuntimeError("not yet")
+
+    jobs.worker("flaky")(flaky)
+    jobs.send("flaky", {}, priority=42)
+    deadline = time.monotonic() + 10
+    while len(runs) < 3 and time.monotonic() < deadline:
+        app.watch(["jobs"], burst=True, install_signal_handlers=False)
+    assert runs == [(1, 42), (2, 42), (3, 42)]
+    app.close()
