@@ -441,6 +441,7 @@ class RedisAdapter(Adapter):
         self.timeout = timeout
         self.pipeline_acks = pipeline_acks
         self._pending: list[tuple[_Script, tuple[Any, ...]]] = []
+        self._takes: dict[tuple[str, ...], bytes] = {}
         # One connection, driven command by command: a pipelined ack's reply is read later.
         conn = redis.Connection(  # type: ignore[no-untyped-call]
             host=host,
@@ -473,23 +474,32 @@ class RedisAdapter(Adapter):
         if not queues:
             raise ValueError("reserve() needs at least one queue")
         deadline = time.monotonic() + timeout
-        reply = self._call(TAKE, *queues)
+        names = tuple(queues)
+        take = self._takes.get(names) or self._take_request(names)
+        reply = self._call(TAKE, *names, request=take)
         while not isinstance(reply, bytes):  # else b"INDEX ID PRIORITY TTR DELIVERIES\nBODY"
             left = deadline - time.monotonic()
             if left <= 0:
                 return None
             wait = left if int(reply) < 0 else min(left, int(reply) / 1000)
             if wait >= _MIN_BLOCK:
-                reply = self._block_then_take(queues, wait)
+                reply = self._block_then_take(names, take, wait)
             else:
                 time.sleep(wait)  # a delay or lease is due within a few ms
-                reply = self._call(TAKE, *queues)
+                reply = self._call(TAKE, *names, request=take)
         head, _, body = reply.partition(b"\n")
         index, id, priority, ttr, deliveries = head.split()
         return Job(id.decode(), queues[int(index) - 1], body, int(priority), int(ttr),
                    int(deliveries), deliveries.decode())  # fmt: skip
 
-    def _block_then_take(self, queues: Sequence[str], wait: float) -> Any:
+    def _take_request(self, names: tuple[str, ...]) -> bytes:
+        """The take script's request for these queues (the same bytes every time: kept)."""
+        request = _pack(TAKE.evalsha, names)
+        if len(self._takes) < 64:
+            self._takes[names] = request
+        return request
+
+    def _block_then_take(self, queues: tuple[str, ...], take: bytes, wait: float) -> Any:
         """BLPOP the queues' wake lists for up to ``wait`` seconds, then the take script.
 
         Both go in one write: Redis runs the take as soon as the BLPOP returns (woken by a
@@ -498,12 +508,12 @@ class RedisAdapter(Adapter):
         self._settle()
         blpop = _pack((b"BLPOP",), (*(f"{q}:wake" for q in queues), f"{wait:.3f}"))
         try:
-            self._link.send(blpop + _pack(TAKE.evalsha, tuple(queues)))
+            self._link.send(blpop + take)
             self._link.read(timeout=wait + self.timeout)
             try:
                 return self._link.read()
             except rex.NoScriptError:
-                return self._eval(TAKE, tuple(queues))
+                return self._eval(TAKE, queues)
         except rex.RedisError as exc:
             raise self._translate(exc, "reserve") from exc
 
@@ -569,13 +579,14 @@ class RedisAdapter(Adapter):
 
     # -- talking to Redis ------------------------------------------------------------
 
-    def _call(self, script: _Script, *args: Any) -> Any:
-        """Run ``script`` by EVALSHA; read any pipelined acks' replies first. Translates errors."""
+    def _call(self, script: _Script, *args: Any, request: bytes | None = None) -> Any:
+        """Run ``script`` by EVALSHA (``request``: its packed form, if at hand); read any
+        pipelined acks' replies first. Translates errors."""
         if not self._pending and self._link.idle_and_closed():
             log.info("Redis %s closed an idle connection (a restart?); reconnecting", self.where)
             self._link.close()
         try:
-            self._link.send(_pack(script.evalsha, args))
+            self._link.send(request or _pack(script.evalsha, args))
             redo = self._drain()
             try:
                 reply = self._link.read()
