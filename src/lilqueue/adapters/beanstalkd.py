@@ -229,6 +229,7 @@ class _Conn:
             raise self.broken(exc) from exc
         self.client, self.sock = client, sock
         self.used, self.watched, self.acks, self.waits_up_to = "default", ("default",), 0, 0
+        self.healthy()
         return client
 
     def broken(self, exc: BaseException) -> BackendConnectionError:
