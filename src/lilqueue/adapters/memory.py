@@ -9,6 +9,7 @@ one broker, whatever thread it runs in.
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import itertools
 import threading
 import time
@@ -42,9 +43,24 @@ class _Message:
     deliveries: int = 0
     reason: str | None = None
     held_at: float | None = None
+    version: int = 0  # bumped on every change; heap entries of older versions are stale
 
     def takeable(self, now: float) -> bool:
         return self.state != "held" and self.due <= now
+
+
+class _Queue:
+    """One queue's indexes: ready (priority, id) and timed (due: delays and leases) heaps.
+
+    Entries are never removed in place: each carries the message's version, and an
+    entry whose message has since changed (or gone) is skipped when it surfaces.
+    """
+
+    __slots__ = ("ready", "timed")
+
+    def __init__(self) -> None:
+        self.ready: list[tuple[int, int, int]] = []  # (priority, id, version)
+        self.timed: list[tuple[float, int, int]] = []  # (due, id, version)
 
 
 class MemoryBroker:
@@ -53,12 +69,51 @@ class MemoryBroker:
     def __init__(self) -> None:
         self.cond = threading.Condition()
         self.messages: dict[int, _Message] = {}
+        self.queues: dict[str, _Queue] = {}
         self.ids = itertools.count(1)
 
     def reset(self) -> None:
         """Forget every message (handy between tests)."""
         with self.cond:
             self.messages.clear()
+            self.queues.clear()
+
+    def index(self, msg: _Message, now: float) -> None:
+        """File ``msg`` (after a change) under ready or timed; call with the lock held."""
+        msg.version += 1
+        q = self.queues.get(msg.queue) or self.queues.setdefault(msg.queue, _Queue())
+        if msg.state == "waiting" and msg.due <= now:
+            heapq.heappush(q.ready, (msg.priority, msg.id, msg.version))
+        elif msg.state != "held":
+            heapq.heappush(q.timed, (msg.due, msg.id, msg.version))
+
+    def head(self, name: str, now: float) -> _Message | None:
+        """The most urgent takeable message of queue ``name``, promoting what fell due."""
+        q = self.queues.get(name)
+        if q is None:
+            return None
+        while q.timed and q.timed[0][0] <= now:
+            _, id, version = heapq.heappop(q.timed)
+            msg = self.messages.get(id)
+            if msg is not None and msg.version == version:
+                heapq.heappush(q.ready, (msg.priority, msg.id, msg.version))
+        while q.ready:
+            _, id, version = q.ready[0]
+            msg = self.messages.get(id)
+            if msg is not None and msg.version == version:
+                return msg
+            heapq.heappop(q.ready)
+        return None
+
+    def next_due(self, name: str) -> float | None:
+        q = self.queues.get(name)
+        while q is not None and q.timed:
+            _, id, version = q.timed[0]
+            msg = self.messages.get(id)
+            if msg is not None and msg.version == version:
+                return msg.due
+            heapq.heappop(q.timed)
+        return None
 
 
 _brokers: dict[str, MemoryBroker] = {}
@@ -100,29 +155,31 @@ class MemoryAdapter(Adapter):
     def put(self, queue: str, body: bytes, *, priority: int, delay: float, ttr: int) -> str:
         b = self.broker
         with b.cond:
-            msg = _Message(next(b.ids), queue, body, priority, ttr, time.monotonic() + delay)
+            now = time.monotonic()
+            msg = _Message(next(b.ids), queue, body, priority, ttr, now + delay)
             b.messages[msg.id] = msg
+            b.index(msg, now)
             b.cond.notify_all()
         return str(msg.id)
 
     def reserve(self, queues: Sequence[str], timeout: float) -> Job | None:
-        b, wanted = self.broker, set(queues)
+        b = self.broker
         deadline = time.monotonic() + timeout
         with b.cond:
             while True:
                 now = time.monotonic()
-                mine = [m for m in b.messages.values() if m.queue in wanted and m.state != "held"]
-                ready = [m for m in mine if m.due <= now]
-                if ready:
-                    return self._lease(min(ready, key=lambda m: (m.priority, m.id)), now)
-                wake = min([deadline, *(m.due for m in mine)])
+                heads = [m for m in (b.head(q, now) for q in queues) if m is not None]
+                if heads:
+                    return self._lease(min(heads, key=lambda m: (m.priority, m.id)), now)
                 if now >= deadline:
                     return None
-                b.cond.wait(wake - now)
+                dues = [d for d in (b.next_due(q) for q in queues) if d is not None]
+                b.cond.wait(min([deadline, *dues]) - now)
 
     def _lease(self, msg: _Message, now: float) -> Job:
         msg.state, msg.due = "reserved", now + msg.ttr
         msg.deliveries += 1
+        self.broker.index(msg, now)
         return Job(str(msg.id), msg.queue, msg.body, msg.priority, msg.ttr, msg.deliveries, msg.deliveries)
 
     def _mine(self, job: Job) -> _Message | None:
@@ -140,18 +197,22 @@ class MemoryAdapter(Adapter):
     def release(self, job: Job, *, priority: int, delay: float) -> None:
         with self.broker.cond:
             if (msg := self._mine(job)) is not None:
-                msg.state, msg.priority, msg.due = "waiting", priority, time.monotonic() + delay
+                now = time.monotonic()
+                msg.state, msg.priority, msg.due = "waiting", priority, now + delay
+                self.broker.index(msg, now)
                 self.broker.cond.notify_all()
 
     def bury(self, job: Job, *, reason: str) -> None:
         with self.broker.cond:
             if (msg := self._mine(job)) is not None:
                 msg.state, msg.reason, msg.held_at = "held", reason, time.time()
+                self.broker.index(msg, time.monotonic())
 
     def touch(self, job: Job) -> None:
         with self.broker.cond:
             if (msg := self._mine(job)) is not None:
                 msg.due = time.monotonic() + msg.ttr
+                self.broker.index(msg, time.monotonic())
 
     def _held(self, queue: str) -> list[_Message]:
         held = [m for m in self.broker.messages.values() if m.queue == queue and m.state == "held"]
@@ -162,6 +223,7 @@ class MemoryAdapter(Adapter):
             held = self._held(queue)[:count]
             for msg in held:
                 self._unhold(msg)
+                self.broker.index(msg, msg.due)
             self.broker.cond.notify_all()
         return len(held)
 
@@ -171,6 +233,7 @@ class MemoryAdapter(Adapter):
             if msg is None or msg.queue != queue or msg.state != "held":
                 return False
             self._unhold(msg)
+            self.broker.index(msg, msg.due)
             self.broker.cond.notify_all()
         return True
 
