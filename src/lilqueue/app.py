@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -23,6 +24,15 @@ H = TypeVar("H", bound=QueueHandler)
 W = TypeVar("W", bound=Worker)
 ContextCapture = Callable[[], dict[str, Any]]
 ContextApply = Callable[[dict[str, Any]], AbstractContextManager[object]]
+_apps: weakref.WeakSet[App] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for app in list(_apps):
+        app._forget_connections()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class App:
@@ -60,6 +70,7 @@ class App:
         self.after_task_hooks: list[TaskHook] = []
         self.failure_hooks: list[FailureHook] = []
         self._declare_configured_queues()
+        _apps.add(self)
 
     def __repr__(self) -> str:
         return f"<lilqueue.App backend={self.settings.backend!r} queues={list(self._queues)}>"
@@ -69,14 +80,21 @@ class App:
     @property
     def adapter(self) -> Adapter:
         """This process's and thread's connection to the backend, made on first use."""
-        local = self._local
-        adapter: Adapter | None = getattr(local, "adapter", None)
-        if adapter is None or local.pid != os.getpid():
-            adapter = create_adapter(self.settings)
-            local.adapter, local.pid, local.lock = adapter, os.getpid(), threading.RLock()
-            with self._adapters_lock:
-                self._adapters.append(adapter)
+        adapter: Adapter | None = getattr(self._local, "adapter", None)
+        return adapter if adapter is not None else self._connect()
+
+    def _connect(self) -> Adapter:
+        adapter = create_adapter(self.settings)
+        self._local.adapter, self._local.lock = adapter, threading.RLock()
+        with self._adapters_lock:
+            self._adapters.append(adapter)
         return adapter
+
+    def _forget_connections(self) -> None:
+        """In a forked child: the parent's connections are not ours to use (or close)."""
+        self._local = threading.local()
+        self._adapters = []
+        self._adapters_lock = threading.Lock()
 
     @property
     def adapter_lock(self) -> threading.RLock:
@@ -89,7 +107,7 @@ class App:
         """Drop this thread's connection (after a connection error); the next use reconnects."""
         adapter: Adapter | None = getattr(self._local, "adapter", None)
         self._local.adapter = None
-        if adapter is not None and self._local.pid == os.getpid():
+        if adapter is not None:
             with self._adapters_lock:
                 if adapter in self._adapters:
                     self._adapters.remove(adapter)
