@@ -401,3 +401,18 @@ def test_a_retried_task_keeps_its_priority_and_counts_its_attempts(server: Serve
         app.watch(["jobs"], burst=True, install_signal_handlers=False)
     assert runs == [(1, 42), (2, 42), (3, 42)]
     app.close()
+
+
+def test_auto_touch_keeps_a_long_task_from_another_thread(server: Server, log: Path, procs: list[object]) -> None:
+    """``--auto-touch`` touches from its own thread while the task runs: the lease holds."""
+    url = url_of(server)
+    app = app_for(url)
+    app.queue("jobs").send("hang", {"i": 1, "seconds": 4.5}, ttr=2)
+    worker = spawn(url, log, "--auto-touch", app=APP)
+    procs.append(worker)
+    wait_until(lambda: done_items(log), timeout=20, what="the long task to finish")
+    assert [(r[2], r[4]) for r in lines(log)] == [("1", "start"), ("1", "done")]
+    code, out = stop(worker)
+    assert code == 0, out
+    assert app.queue("jobs").stats().ready == 0
+    app.close()
