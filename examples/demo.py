@@ -86,7 +86,7 @@ def main() -> None:
     for held in mail.held():
         when = time.strftime("%H:%M:%S", time.localtime(held.held_at or 0))
         print(f"  #{held.id} {held.task or '<garbage>'} held at {when}: {held.reason}")
-    print("\nnext: `lilqueue --backend sqlite:///demo/lilqueue.db stats mail`, `... held mail`, `... kick mail 2`")
+    print("\nnext: `.venv/bin/lilqueue --backend sqlite:///demo/lilqueue.db stats mail` (or held mail, kick mail 2)")
     app.close()
 
 
