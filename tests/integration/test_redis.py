@@ -343,3 +343,13 @@ def test_a_worker_blocked_on_several_queues_wakes_for_any_of_them(url: str, adap
     producer.put(names[2], b"x", priority=1, delay=0, ttr=60)
     waiter.join(10)
     assert got and got[0][1] == names[2] and got[0][0] - put_at < 0.2
+
+
+def test_a_pipelined_ack_is_applied_promptly_on_close(url: str, client: redis.Redis) -> None:
+    adapter, q = RedisAdapter.from_config(url, {}), fresh_name("ack")
+    adapter.put(q, b"x", priority=1, delay=0, ttr=60)
+    adapter.delete(reserve_until(adapter, [q]))
+    started = time.monotonic()
+    adapter.close()  # pushes out the ack held back for the next request, reads its reply
+    assert time.monotonic() - started < 0.1
+    assert client.zcard(f"{q}:reserved") == 0 and not client.keys(f"{q}:job:*")

@@ -309,6 +309,15 @@ class _Link:
             self.close()
             raise
 
+    def flush(self) -> None:
+        """Send what MSG_MORE held back now (setting TCP_NODELAY pushes pending frames)."""
+        if self.sock is not None:
+            try:
+                self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError as exc:
+                self.close()
+                raise rex.ConnectionError(f"error writing to Redis: {exc}") from exc
+
     def read(self, timeout: float | None = None) -> Any:
         """One reply (waiting up to ``timeout`` seconds, default the socket timeout)."""
         if timeout is not None:
@@ -621,6 +630,8 @@ class RedisAdapter(Adapter):
     def _settle(self) -> None:
         """Finish the pipelined acks (nothing else in flight)."""
         try:
+            if self._pending:
+                self._link.flush()
             for script, args in self._drain():
                 self._eval(script, args)
         except rex.RedisError as exc:
