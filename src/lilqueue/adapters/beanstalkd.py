@@ -118,7 +118,6 @@ IDLE_LOOK = 0.9
 #: longest pause, in seconds, before an unreachable server is tried again
 DOWN_CAP = 30.0
 OPTIONS = ("servers", "connect_timeout", "io_timeout")
-_STATS_FIELDS = re.compile(rb"^(id|tube|pri|ttr|reserves): (.*)$", re.MULTILINE)
 _TUBE = re.compile(r"[A-Za-z0-9+/;.$_()][A-Za-z0-9\-+/;.$_()]*\Z")
 #: what a broken or desynchronised connection raises (greenstalk asserts on bad framing)
 _BROKEN = (OSError, AssertionError, ValueError, greenstalk.UnknownResponseError)
@@ -536,7 +535,7 @@ class BeanstalkdAdapter(Adapter):
         jid = int(jid_)
         body = client.chunk(int(size))
         stats = _job_stats(client, guess)
-        if stats is None or stats.get(b"id") != jid_:
+        if stats is None or stats.get(b"id:") != jid_:
             client.send(b"stats-job %d\r\n" % jid)
             stats = _job_stats(client, jid)
             if stats is None:  # deleted by someone else already
@@ -545,9 +544,9 @@ class BeanstalkdAdapter(Adapter):
         return self._job(conn, jid, body, stats)
 
     def _job(self, conn: _Conn, jid: int, body: bytes, stats: dict[bytes, bytes]) -> Job:
-        ttr = int(stats[b"ttr"])
+        ttr = int(stats[b"ttr:"])
         self._nudge_by(conn, conn.lease(jid, ttr))
-        tube, priority, reserves = stats[b"tube"].decode(), int(stats[b"pri"]), int(stats[b"reserves"])
+        tube, priority, reserves = stats[b"tube:"].decode(), int(stats[b"pri:"]), int(stats[b"reserves:"])
         lease = _Lease(conn, conn.generation, jid, reserves)
         if conn.failures:
             conn.healthy()
@@ -965,14 +964,15 @@ def _seconds(value: float) -> int:
 
 
 def _job_stats(client: _Client, jid: int | None) -> dict[bytes, bytes] | None:
-    """Read the reply to ``stats-job jid`` (nothing if ``jid`` is None): the fields we use."""
+    """Read the reply to ``stats-job jid`` (nothing if ``jid`` is None): ``{b"key:": value}``."""
     if jid is None:
         return None
     try:
         (length,) = client.reply(b"OK")
     except greenstalk.NotFoundError:
         return None
-    return dict(_STATS_FIELDS.findall(client.chunk(int(length))))
+    words = client.chunk(int(length)).split()  # "---", then "key:" "value" pairs; no value has a space
+    return dict(zip(words[1::2], words[2::2], strict=True))
 
 
 def _held_stem(tube: str) -> str:
