@@ -12,8 +12,9 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import NoReturn
 
@@ -105,3 +106,28 @@ class Server:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def require_module(name: str) -> None:
+    """Import check for an optional client library: unavailable() when it is missing."""
+    try:
+        __import__(name)
+    except ImportError:
+        unavailable(f"the Python package {name!r} is not installed (pip install 'lilqueue[all,dev]')")
+
+
+@contextlib.contextmanager
+def moto_sqs() -> Iterator[str]:
+    """moto's standalone SQS server on a free port, with dummy AWS credentials in the
+    environment (worker processes inherit them); yields its endpoint URL."""
+    require_module("boto3")
+    moto = Path(sys.executable).with_name("moto_server")
+    if not moto.exists():
+        unavailable("moto_server is not installed (pip install 'moto[server]')")
+    port = free_port()
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("AWS_ACCESS_KEY_ID", "testing")
+        env.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        env.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        with Server([str(moto), "-H", "127.0.0.1", "-p", str(port)], port):
+            yield f"http://127.0.0.1:{port}"

@@ -8,7 +8,6 @@ looped), and a lost worker's task relied on a fixed visibility timeout.
 from __future__ import annotations
 
 import signal
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,25 +18,16 @@ import lilqueue
 from lilqueue.config import load_settings
 from lilqueue.handler import HeldTask
 from tests.integration.workers import kill_group, lines, spawn, stop, wait_until
-from tests.servers import Server, free_port
+from tests.servers import moto_sqs
 
-pytest.importorskip("boto3")
 APP = "tests.apps.sqs_app:app"
 
 
 @pytest.fixture(scope="module")
 def backend() -> Iterator[str]:
     """A moto server on a free port, with dummy credentials in the environment (workers inherit them)."""
-    moto = Path(sys.executable).with_name("moto_server")
-    if not moto.exists():
-        pytest.skip("moto_server is not installed (pip install 'moto[server]')")
-    port = free_port()
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("AWS_ACCESS_KEY_ID", "testing")
-        env.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-        env.setenv("AWS_DEFAULT_REGION", "us-east-1")
-        with Server([str(moto), "-H", "127.0.0.1", "-p", str(port)], port):
-            yield f"sqs://us-east-1?endpoint_url=http://127.0.0.1:{port}&wait=5"
+    with moto_sqs() as endpoint:
+        yield f"sqs://us-east-1?endpoint_url={endpoint}&wait=5"
 
 
 @pytest.fixture

@@ -4,11 +4,11 @@ does not reach (configuration, errors, bands across queues, long delays, give-ba
 from __future__ import annotations
 
 import itertools
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import boto3
 import pytest
 
 from lilqueue.adapters import create_adapter
@@ -18,23 +18,14 @@ from lilqueue.config import load_settings
 from lilqueue.errors import BackendConnectionError, ConfigError
 from lilqueue.testing import fresh_name, reserve_until
 from tests.integration.workers import run_cli
-from tests.servers import Server, free_port
-
-boto3 = pytest.importorskip("boto3")
+from tests.servers import free_port, moto_sqs
 
 
 @pytest.fixture(scope="module")
 def endpoint() -> Iterator[str]:
-    moto = Path(sys.executable).with_name("moto_server")
-    if not moto.exists():
-        pytest.skip("moto_server is not installed (pip install 'moto[server]')")
-    port = free_port()
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("AWS_ACCESS_KEY_ID", "testing")
-        env.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-        env.setenv("AWS_DEFAULT_REGION", "us-east-1")
-        with Server([str(moto), "-H", "127.0.0.1", "-p", str(port)], port):
-            yield f"http://127.0.0.1:{port}"
+    """A moto server on a free port, with dummy credentials in the environment."""
+    with moto_sqs() as endpoint:
+        yield endpoint
 
 
 @pytest.fixture

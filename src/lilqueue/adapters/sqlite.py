@@ -72,7 +72,7 @@ class SQLiteAdapter(Adapter):
         hold=native("state 'held' with reason and time in the row"),
         kick=native(),
         stats=native("exact counts"),
-        blocking_reserve=emulated("polls PRAGMA data_version every few ms (no I/O)"),
+        blocking_reserve=emulated("sleeps on inotify of the WAL file (Linux), else polls PRAGMA data_version"),
         notes="one file, several processes; WAL journal",
     )
 
