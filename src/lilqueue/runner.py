@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 from lilqueue import wire
 from lilqueue.adapters.base import Job
-from lilqueue.errors import BackendConnectionError, LilqueueError, WireError
+from lilqueue.config import RetryPolicy
+from lilqueue.errors import BackendConnectionError, LilqueueError, TaskError, WireError
 from lilqueue.task import Outcome, Task
 
 if TYPE_CHECKING:
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 TaskHook = Callable[[Task], object]
 FailureHook = Callable[[Task, BaseException, str, bool], object]
 MAX_REASON = 16_384
+SUCCESS = Outcome("success")
 #: the watchdog stops a task this many seconds before its lease lapses at the backend
 WATCHDOG_MARGIN = 0.25
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
@@ -79,6 +81,7 @@ class Runner:
         self.auto_touch = auto_touch
         self.heartbeat = heartbeat
         self.heartbeat_deadline = 0.0
+        self.current: tuple[Job, Task] | None = None  # what is running, for task.touch()
         self.processed = 0
         self.stopping = False
         self.stop_reason = ""
@@ -204,19 +207,26 @@ class Runner:
         started = time.monotonic()
         error: BaseException | None = None
         try:
-            with ExitStack() as stack:
-                if self.auto_touch:
-                    stack.enter_context(AutoTouch(task, job.ttr))
-                for apply in self.app.context_appliers:
-                    stack.enter_context(apply(task.context))
-                for hook in self.app.before_task_hooks:
-                    hook(task)
+            if self.auto_touch or self.app.context_appliers or self.app.before_task_hooks:
+                self._call_wrapped(func, task, job.ttr)
+            else:
                 func(task)
         except Exception as exc:  # noqa: BLE001 - a worker's failure is data
             error = exc
-        outcome = self._outcome(task, error, spec.retry.max_attempts, spec.retry.delay)
+        outcome = SUCCESS if error is None and task.outcome is None else self._outcome(task, error, spec.retry)
         self._finish(job, task, outcome)
         self._after(task, outcome, time.monotonic() - started, error)
+
+    def _call_wrapped(self, func: Callable[[Task], object], task: Task, ttr: int) -> None:
+        """Call the worker inside auto-touch, the context appliers and the before-task hooks."""
+        with ExitStack() as stack:
+            if self.auto_touch:
+                stack.enter_context(AutoTouch(task, ttr))
+            for apply in self.app.context_appliers:
+                stack.enter_context(apply(task.context))
+            for hook in self.app.before_task_hooks:
+                hook(task)
+            func(task)
 
     def _task(self, job: Job, env: wire.Envelope, handler: QueueHandler) -> Task:
         task = Task.__new__(Task)
@@ -225,38 +235,36 @@ class Runner:
         task.id, task.envelope_id, task.queue = job.id, env.id, handler
         task.attempts = env.attempts + job.deliveries
         task.outcome = None
-        task._toucher = self._toucher(job)
+        task._toucher = self._touch
+        self.current = (job, task)
         return task
 
-    def _toucher(self, job: Job) -> Callable[[], None]:
-        adapter, lock = self.app.adapter, self.app.adapter_lock
+    def _touch(self, task: Task) -> None:
+        """``task.touch()``, for the task this runner is running."""
+        if self.current is None or self.current[1] is not task:
+            raise TaskError("touch() is for a task a worker is running, not one that has finished")
+        job = self.current[0]
+        with self.app.adapter_lock:
+            self.app.adapter.touch(job)
+        if self.heartbeat is not None:
+            self._beat(time.monotonic() + job.ttr - WATCHDOG_MARGIN)
 
-        def touch() -> None:
-            with lock:
-                adapter.touch(job)
-            if self.heartbeat is not None:
-                self._beat(time.monotonic() + job.ttr - WATCHDOG_MARGIN)
-
-        return touch
-
-    def _outcome(
-        self, task: Task, error: BaseException | None, max_attempts: int, backoff: Callable[[int], float]
-    ) -> Outcome:
+    def _outcome(self, task: Task, error: BaseException | None, policy: RetryPolicy) -> Outcome:
         decided = task.outcome
         if decided is not None:
             if error is not None:
                 log.warning("worker raised after deciding %s(): %r", decided.kind, error, extra=_fields(task))
             if decided.kind == "retry" and decided.delay is None:
-                return Outcome("retry", delay=backoff(task.attempts))
+                return Outcome("retry", delay=policy.delay(task.attempts))
             return decided
         if error is None:
-            return Outcome("success")
+            return SUCCESS
         text = "".join(traceback.format_exception(error))
-        will_retry = task.attempts < max_attempts
+        will_retry = task.attempts < policy.max_attempts
         self._report_failure(task, error, text, will_retry)
         if will_retry:
-            return Outcome("retry", delay=backoff(task.attempts))
-        reason = f"failed {task.attempts} of {max_attempts} attempts: {text}"
+            return Outcome("retry", delay=policy.delay(task.attempts))
+        reason = f"failed {task.attempts} of {policy.max_attempts} attempts: {text}"
         return Outcome("hold", reason=reason[:MAX_REASON])
 
     def _report_failure(self, task: Task, error: BaseException, text: str, will_retry: bool) -> None:
@@ -314,7 +322,7 @@ class Runner:
             self._after_failed_ack(exc)
 
     def _after(self, task: Task, outcome: Outcome, duration: float, error: BaseException | None) -> None:
-        task.outcome = outcome
+        task.outcome, self.current = outcome, None
         if log.isEnabledFor(logging.INFO) and (outcome.kind != "success" or log.isEnabledFor(logging.DEBUG)):
             level = logging.DEBUG if outcome.kind == "success" else logging.INFO
             log.log(level, "task %s %s in %.3fs", task.name, outcome.kind, duration,

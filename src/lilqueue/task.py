@@ -98,7 +98,7 @@ class Task:
         self.queue: QueueHandler | None = None
         self.attempts = 0
         self.outcome: Outcome | None = None
-        self._toucher: Callable[[], None] | None = None
+        self._toucher: Callable[[Task], None] | None = None
 
     def __repr__(self) -> str:
         return f"<Task {self.name!r} id={self.id!r} attempts={self.attempts}>"
@@ -142,7 +142,7 @@ class Task:
         """
         if self._toucher is None:
             raise TaskError("touch() is for a task a worker is running")
-        self._toucher()
+        self._toucher(self)
 
     def _decide(self, outcome: Outcome) -> None:
         if self._toucher is None:
