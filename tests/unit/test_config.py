@@ -161,3 +161,12 @@ def test_third_party_adapter_by_class_path(tmp_path: Path) -> None:
 def test_retry_policy_backoff() -> None:
     policy = RetryPolicy(max_attempts=5, base=2.0, cap=10.0)
     assert [policy.delay(n) for n in range(1, 6)] == [2.0, 4.0, 8.0, 10.0, 10.0]
+
+
+def test_third_party_adapter_by_entry_point(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    dist = tmp_path / "lilqueue_fake-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: lilqueue-fake\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[lilqueue.adapters]\nfake = lilqueue.adapters.memory:MemoryAdapter\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert adapter_class(load_settings(backend="fake://x", env={})).__name__ == "MemoryAdapter"
