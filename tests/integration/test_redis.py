@@ -353,3 +353,15 @@ def test_a_pipelined_ack_is_applied_promptly_on_close(url: str, client: redis.Re
     adapter.close()  # pushes out the ack held back for the next request, reads its reply
     assert time.monotonic() - started < 0.1
     assert client.zcard(f"{q}:reserved") == 0 and not client.keys(f"{q}:job:*")
+
+
+def test_a_task_finished_across_a_redis_restart_is_deleted(
+    server: Server, url: str, adapters: list[RedisAdapter]
+) -> None:
+    a, q = connect(adapters, url), fresh_name("across")
+    a.put(q, b"x", priority=1, delay=0, ttr=60)
+    job = reserve_until(a, [q])
+    server.restart()  # while the task "runs"; the lease is in the append-only file
+    a.delete(job)  # the closed connection is noticed and replaced, not written into
+    b = connect(adapters, url)
+    assert b.stats(q).as_dict() == {"ready": 0, "delayed": 0, "reserved": 0, "held": 0}

@@ -528,9 +528,11 @@ class RedisAdapter(Adapter):
 
     def delete(self, job: Job) -> None:
         args = (job.queue, job.id, job.receipt)
-        if not self.pipeline_acks or len(self._pending) >= _MAX_PENDING:
-            self._call(DELETE, *args)
+        if not self.pipeline_acks or (not self._pending and self._link.idle_and_closed()):
+            self._call(DELETE, *args)  # (a task that ran while Redis restarted: reconnect first)
             return
+        if len(self._pending) >= _MAX_PENDING:
+            self._settle()
         try:
             self._link.send(_pack(DELETE.evalsha, args), more=True)
         except rex.RedisError as exc:
