@@ -387,3 +387,21 @@ def test_a_hold_that_cannot_be_stored_gives_the_job_back(gearmand: Server, tmp_p
     assert again is not None and again.body == b"keep me"
     adapter.delete(again)
     adapter.close()
+
+
+def test_a_hung_task_is_stopped_by_the_watchdog_and_runs_on_a_fresh_worker(
+    url: str, queue_name: str, log: Path, procs: list[subprocess.Popen[str]]
+) -> None:
+    """Gearman has no ttr: the supervisor's watchdog stands in for it."""
+    app = lilqueue.App(settings=load_settings(backend=url, env={}))
+    app.queue(queue_name).send("slow", {"i": 1, "seconds": 60}, ttr=2)
+    worker = spawn_worker(url, queue_name, log)
+    procs.append(worker)
+    wait_until(lambda: len([r for r in records(log) if r[4] == "start"]) >= 2, timeout=20, what="a second start")
+    starts = [r for r in records(log) if r[4] == "start"]
+    assert starts[0][3] != starts[1][3]  # the hung process was killed and replaced; the job came back
+    assert not [r for r in records(log) if r[4] == "done"]
+    worker.send_signal(signal.SIGTERM)
+    out, _ = worker.communicate(timeout=60)
+    assert "ran past its ttr" in out
+    app.close()
