@@ -1,7 +1,9 @@
 """The worker side of a benchmark: a separate process, as in production.
 
-``python -m bench.worker URL QUEUE --burst``: drain the queue (no-op tasks), then print
-``{"processed", "seconds", "peak_rss_mb"}`` as JSON.
+``python -m bench.worker URL QUEUE --burst``: connect, print "ready", wait for a line on
+stdin (so that several workers start together), drain the queue (no-op tasks), then
+print ``{"processed", "started", "ended", "seconds", "peak_rss_mb"}`` as JSON
+(``started``/``ended`` are epoch seconds, comparable across processes).
 ``python -m bench.worker URL QUEUE --latency N``: print "ready", then for each of N
 tasks print the milliseconds from its enqueue (``data["t"]``) to its start.
 """
@@ -36,11 +38,14 @@ def main() -> None:
 def drain(app: lilqueue.App, queue: lilqueue.QueueHandler) -> None:
     queue.worker("noop")(lambda task: None)
     app.adapter.stats(queue.backend_name)  # connect before the clock starts
-    started = time.perf_counter()
+    print("ready", flush=True)
+    sys.stdin.readline()
+    started, clock = time.time(), time.perf_counter()
     processed = app.watch([queue.name], burst=True, install_signal_handlers=False)
-    seconds = time.perf_counter() - started
+    seconds = time.perf_counter() - clock
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"processed": processed, "seconds": seconds, "peak_rss_mb": round(peak, 1)}), flush=True)
+    record = {"processed": processed, "started": started, "ended": started + seconds, "seconds": seconds}
+    print(json.dumps({**record, "peak_rss_mb": round(peak, 1)}), flush=True)
 
 
 def latency(app: lilqueue.App, queue: lilqueue.QueueHandler, n: int) -> None:
