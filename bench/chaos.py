@@ -137,20 +137,25 @@ def _runs(log: Path) -> list[int]:
     return [int(line.split()[0]) for line in log.read_text().splitlines() if line.strip()]
 
 
+def _reason(runs: list[tuple[int, str]], killed: set[int]) -> str:
+    """Why task ``i`` ran more than once, from its runs' (pid, envelope id)."""
+    if len({envelope for _, envelope in runs}) > 1:
+        return "added twice: the producer re-sent an add whose reply was lost in the restart (not a double run)"
+    if runs[0][0] in killed:
+        return "its worker was killed (SIGKILL) after running it, before the delete reached the backend"
+    return "run twice by live workers (a bug)"
+
+
 def report(
     args: argparse.Namespace, producer: Producer, log: Path, kills: list[tuple[float, int]], elapsed: float
 ) -> None:
-    runs: dict[int, list[int]] = collections.defaultdict(list)
+    runs: dict[int, list[tuple[int, str]]] = collections.defaultdict(list)
     for line in log.read_text().splitlines():
-        i, pid = map(int, line.split())
-        runs[i].append(pid)
+        i, pid, envelope = line.split()
+        runs[int(i)].append((int(pid), envelope))
     killed = {pid for _, pid in kills}
-    twice = {i: pids for i, pids in runs.items() if len(pids) > 1}
-    reasons = collections.Counter(
-        "its worker was killed (SIGKILL) after running it, before the delete reached the backend"
-        if pids[0] in killed else "run twice by live workers (a bug)"
-        for pids in twice.values()
-    )  # fmt: skip
+    twice = {i: r for i, r in runs.items() if len(r) > 1}
+    reasons = collections.Counter(_reason(r, killed) for r in twice.values())
     lost = [i for i in range(producer.added) if i not in runs]
     restart = "no server to restart" if args.backend == "sqlite" else "backend restarted once"
     print(f"chaos run on {args.backend}: {elapsed:.0f} s, --concurrency {args.concurrency}, "

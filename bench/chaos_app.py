@@ -15,6 +15,6 @@ _log = os.environ.get("CHAOS_LOG", os.devnull)
 def work(task: lilqueue.Task) -> None:
     fd = os.open(_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        os.write(fd, f"{task.data['i']} {os.getpid()}\n".encode())
+        os.write(fd, f"{task.data['i']} {os.getpid()} {task.envelope_id}\n".encode())
     finally:
         os.close(fd)
