@@ -32,6 +32,7 @@ Format = Literal["lilqueue", "lilmuckers"]
 _SIG_PREFIX = b',"sig":"'
 _SIG_LEN = len(_SIG_PREFIX) + 64 + 2  # prefix, hex digest, '"}'
 _LILMUCKERS_KEYS = frozenset(("task", "store", "data"))
+_LILQUEUE_KEYS = frozenset(("v", "id", "task", "data", "context", "attempts", "priority", "ttr"))
 _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 _decode = json.JSONDecoder().decode
 
@@ -128,20 +129,33 @@ def _from_lilqueue(obj: dict[str, Any]) -> Envelope:
     if obj["v"] != VERSION:
         raise WireError(f"unknown envelope version {obj['v']!r} (this lilqueue reads {VERSION})")
     obj.pop("sig", None)
-    known = {"v", "id", "task", "data", "context", "attempts", "priority", "ttr"}
-    if not known.issuperset(obj):
-        raise WireError(f"unknown envelope fields {sorted(set(obj) - known)}")
-    attempts = obj.get("attempts", 0)
+    if not _LILQUEUE_KEYS.issuperset(obj):
+        raise WireError(f"unknown envelope fields {sorted(set(obj) - _LILQUEUE_KEYS)}")
+    get = obj.get
+    task, data, context, id = get("task"), get("data", {}), get("context", {}), get("id", "")
+    attempts, priority, ttr = get("attempts", 0), get("priority"), get("ttr")
+    if (  # the envelope every lilqueue producer writes: checked in one go
+        type(task) is str
+        and task
+        and type(data) is dict
+        and type(context) is dict
+        and type(id) is str
+        and type(attempts) is int
+        and attempts >= 0
+        and (priority is None or type(priority) is int)
+        and (ttr is None or type(ttr) is int)
+    ):
+        return Envelope(task, data, context, id, attempts, priority, ttr)
     if type(attempts) is not int or attempts < 0:
         raise WireError(f"envelope 'attempts' must be a non-negative integer, not {attempts!r}")
     return Envelope(
-        task=_task_name(obj.get("task")),
-        data=_mapping("data", obj.get("data", {})),
-        context=_mapping("context", obj.get("context", {})),
-        id=_text("id", obj.get("id", "")),
+        task=_task_name(task),
+        data=_mapping("data", data),
+        context=_mapping("context", context),
+        id=_text("id", id),
         attempts=attempts,
-        priority=_optional_int("priority", obj.get("priority")),
-        ttr=_optional_int("ttr", obj.get("ttr")),
+        priority=_optional_int("priority", priority),
+        ttr=_optional_int("ttr", ttr),
     )
 
 

@@ -96,6 +96,11 @@ def test_signature_is_hmac_sha256_of_the_unsigned_body() -> None:
     assert signed == unsigned[:-1] + b',"sig":"' + digest.encode() + b'"}'
 
 
+def test_php_empty_arrays_and_nulls_in_the_lilqueue_format_are_empty_objects() -> None:
+    env = wire.decode(b'{"v": 1, "task": "x", "data": [], "context": null}')
+    assert (env.task, env.data, env.context, env.id, env.attempts) == ("x", {}, {}, "", 0)
+
+
 @pytest.mark.parametrize(
     ("body", "reason"),
     [
@@ -110,6 +115,10 @@ def test_signature_is_hmac_sha256_of_the_unsigned_body() -> None:
         (b'{"v": 1, "task": "x", "evil": 1}', "unknown envelope fields"),
         (b'{"v": 1, "task": "x", "ttr": "60"}', "'ttr' must be an integer"),
         (b'{"task": "x", "store": 1, "data": {}, "more": 1}', "not a task envelope"),
+        (b'{"v": 1, "task": "x", "priority": true}', "'priority' must be an integer"),
+        (b'{"v": 1, "task": "x", "attempts": true}', "non-negative"),
+        (b'{"v": 1, "task": "x", "id": 7}', "'id' must be a string"),
+        (b'{"v": 1, "task": "x", "context": "c"}', "'context' must be an object"),
     ],
 )
 def test_garbage_is_rejected_with_a_reason(body: bytes, reason: str) -> None:
