@@ -83,6 +83,7 @@ class Runner:
         self.heartbeat_deadline = 0.0
         self.current: tuple[Job, Task] | None = None  # what is running, for task.touch()
         self.processed = 0
+        self.acked = False  # a delete went to the adapter since its last flush
         self.stopping = False
         self.stop_reason = ""
 
@@ -99,7 +100,10 @@ class Runner:
             if self.install_signal_handlers and threading.current_thread() is threading.main_thread():
                 stack.callback(self._restore_signals, self._install_signals())
             log.info("worker started", extra={"queues": self.names, "pid": os.getpid()})
-            self._loop()
+            try:
+                self._loop()
+            finally:
+                self._flush()
             log.info("worker stopped: %s", self.stop_reason or "done", extra={"processed": self.processed})
         return self.processed
 
@@ -123,6 +127,17 @@ class Runner:
             self.process(job)
             self.processed += 1
             self._check_limits()
+
+    def _flush(self) -> None:
+        """Push out acks the adapter held back for its next request (see ``Adapter.flush``)."""
+        if not self.acked:
+            return
+        self.acked = False
+        try:
+            self.app.adapter.flush()
+        except LilqueueError as exc:
+            log.error("could not send held-back acks (those tasks come back after their ttr): %s", exc)
+            self._after_failed_ack(exc)
 
     def _release_unstarted(self, job: Job) -> None:
         adapter = self.app.adapter
@@ -284,6 +299,7 @@ class Runner:
         try:
             if outcome.kind == "success":
                 adapter.delete(job)
+                self.acked = True
             elif outcome.kind == "retry":
                 self._release(job, task, outcome.delay or 0.0)
             else:
@@ -323,6 +339,8 @@ class Runner:
 
     def _after(self, task: Task, outcome: Outcome, duration: float, error: BaseException | None) -> None:
         task.outcome, self.current = outcome, None
+        if self.app.after_task_hooks:
+            self._flush()  # a slow hook must not hold back this task's ack
         if log.isEnabledFor(logging.INFO) and (outcome.kind != "success" or log.isEnabledFor(logging.DEBUG)):
             level = logging.DEBUG if outcome.kind == "success" else logging.INFO
             log.log(level, "task %s %s in %.3fs", task.name, outcome.kind, duration,

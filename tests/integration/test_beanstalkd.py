@@ -416,3 +416,29 @@ def test_auto_touch_keeps_a_long_task_from_another_thread(server: Server, log: P
     assert code == 0, out
     assert app.queue("jobs").stats().ready == 0
     app.close()
+
+
+def test_a_held_back_delete_reaches_the_server_on_flush_and_on_close(server: Server) -> None:
+    app = app_for(url_of(server))
+    jobs = app.queue("jobs")
+    for _ in range(2):
+        jobs.send("t", {})
+    with greenstalk.Client(("127.0.0.1", server.port), encoding=None) as raw:
+
+        def reserved() -> int:
+            try:
+                return int(raw.stats_tube(jobs.backend_name)["current-jobs-reserved"])
+            except greenstalk.NotFoundError:  # a tube with no jobs and no watcher is gone
+                return 0
+
+        for finish in (app.adapter.flush, app.close):
+            job = app.adapter.reserve([jobs.backend_name], 1)
+            assert job is not None and reserved() == 1
+            app.adapter.delete(job)  # held in the kernel (MSG_MORE) for the next command
+            finish()
+            deadline = time.monotonic() + 0.1  # well within Linux's 200 ms for a held-back write
+            while reserved() and time.monotonic() < deadline:
+                time.sleep(0.005)
+            assert reserved() == 0
+        with pytest.raises(greenstalk.NotFoundError):
+            raw.stats_tube(jobs.backend_name)  # both jobs deleted

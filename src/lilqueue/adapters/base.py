@@ -205,5 +205,13 @@ class Adapter(abc.ABC):
         """Counts for ``queue``; ``None`` for what the backend cannot tell."""
         return QueueStats(None, None, None, None)
 
+    def flush(self) -> None:  # noqa: B027 - a no-op is the right default
+        """Send or commit now what ``delete`` held back to go with the next request.
+
+        An adapter may pipeline a delete (the ack) with its next request; the runner
+        calls this when it stops and before its after-task hooks, so that no ack waits
+        on anything but the next reservation.
+        """
+
     def close(self) -> None:  # noqa: B027 - a no-op is the right default
         """Release connections. The adapter may not be used afterwards."""
