@@ -1,11 +1,20 @@
 """``sqlite:///PATH``: the embedded default. A durable queue in one file, no server.
 
-All queues share one table. A message is *waiting* (ready once ``due`` has passed),
-*reserved* (its lease lapses at ``due``) or *held*. A reservation is one
-``UPDATE ... RETURNING`` statement, which SQLite runs under its single write lock, so
-processes sharing the file each get a message exactly once unless its lease lapses.
-``deliveries`` counts reservations and fences a lapsed worker: its delete or release
-no longer matches once another worker has taken the message.
+All queues share one table. A message is *waiting* (ready once ``due`` has passed;
+``due`` is 0 for a message ready at once), *reserved* (its lease lapses at ``due``) or
+*held*. A reservation is one ``UPDATE ... RETURNING`` statement, which SQLite runs under
+its single write lock, so processes sharing the file each get a message exactly once
+unless its lease lapses. ``deliveries`` counts reservations and fences a lapsed worker:
+its delete or release no longer matches once another worker has taken the message.
+
+The hot path: a delete (the ack) is held back and committed in the same transaction as
+this connection's next reservation, so a busy worker commits once per task, not twice.
+Any other call on the adapter commits held-back deletes first, and so do an idle wait,
+:meth:`SQLiteAdapter.flush` (the runner calls it when it stops and before after-task
+hooks) and ``close``; a process that dies before that runs those tasks again once
+their leases lapse, as if it had died just before the delete. Only delayed messages
+(``due > 0`` while waiting) are indexed by due time, so a reservation and a delete
+touch no due index.
 
 Idle workers wait for another connection's commit: on Linux they sleep on an inotify
 watch of the ``-wal`` file (no CPU at all while idle) and confirm with
@@ -42,6 +51,8 @@ from lilqueue.errors import BackendConnectionError, BackendError, ConfigError
 
 WAITING, RESERVED, HELD = 0, 1, 2
 SYNCHRONOUS = ("off", "normal", "full", "extra")
+#: how often an idle reserve looks for lapsed leases (seconds; leases are not indexed by due)
+LEASE_LOOK = 0.5
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS {t} (
@@ -57,7 +68,8 @@ CREATE TABLE IF NOT EXISTS {t} (
     held_at REAL
 );
 CREATE INDEX IF NOT EXISTS {t}_take ON {t} (queue, priority, id) WHERE state < 2;
-CREATE INDEX IF NOT EXISTS {t}_due ON {t} (queue, due) WHERE state < 2;
+DROP INDEX IF EXISTS {t}_due;
+CREATE INDEX IF NOT EXISTS {t}_delayed ON {t} (queue, due) WHERE state = 0 AND due > 0;
 CREATE INDEX IF NOT EXISTS {t}_held ON {t} (queue, held_at, id) WHERE state = 2;
 """
 
@@ -98,7 +110,10 @@ class SQLiteAdapter(Adapter):
         self._take_sql: dict[int, str] = {}
         self._wal: WalWatch | None = None
         self._leased = f"id=? AND state={RESERVED} AND deliveries=?"  # still this worker's lease
-        self._unhold = f"state={WAITING}, due=?, reason=NULL, held_at=NULL"
+        self._unhold = f"state={WAITING}, due=0, reason=NULL, held_at=NULL"
+        self._delete_sql = f"DELETE FROM {table} WHERE {self._leased}"
+        #: deletes held back to commit with the next reservation: (id, deliveries)
+        self._acks: list[tuple[int, int]] = []
 
     @classmethod
     def from_config(cls, url: str | None, options: Mapping[str, Any]) -> SQLiteAdapter:
@@ -126,24 +141,25 @@ class SQLiteAdapter(Adapter):
 
     def put(self, queue: str, body: bytes, *, priority: int, delay: float, ttr: int) -> str:
         sql = f"INSERT INTO {self.table} (queue, body, priority, ttr, due) VALUES (?, ?, ?, ?, ?)"
-        cur = self._run(sql, (queue, body, priority, ttr, time.time() + delay))
+        cur = self._run(sql, (queue, body, priority, ttr, _due(delay)))
         return str(cur.lastrowid)
 
     def reserve(self, queues: Sequence[str], timeout: float) -> Job | None:
         deadline = time.monotonic() + timeout
-        while True:
-            version = self._data_version()
+        job = self._take(queues)
+        while job is None and timeout > 0:
+            version = self._data_version()  # read before the take, so no commit goes unseen
             job = self._take(queues)
-            if job is not None or timeout <= 0:
-                return job
-            if not self._wait(queues, version, deadline):
+            if job is None and not self._wait(queues, version, deadline):
                 return None
+        return job
 
     def _take(self, queues: Sequence[str]) -> Job | None:
         sql = self._take_sql.get(len(queues))
         if sql is None:
             sql = self._take_sql[len(queues)] = self._take_statement(len(queues))
-        row = self._run(sql, (time.time(), *queues)).fetchone()
+        params = (time.time(), *queues)
+        row = self._run(sql, params).fetchone() if not self._acks else self._ack_and_take(sql, params)
         if row is None:
             return None
         id, queue, body, priority, ttr, deliveries = row
@@ -167,12 +183,51 @@ class SQLiteAdapter(Adapter):
             f"WHERE id = (SELECT id FROM ({pick})) RETURNING id, queue, body, priority, ttr, deliveries"
         )
 
+    def _ack_and_take(self, sql: str, params: Sequence[Any]) -> Any:
+        """Commit the held-back deletes and the next reservation in one transaction."""
+        acks, self._acks = self._acks, []
+        db = self.db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.executemany(self._delete_sql, acks)
+                rows = db.execute(sql, params).fetchall()
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+        except BaseException as exc:
+            self._acks[:0] = acks  # not committed: still owed
+            if isinstance(exc, sqlite3.OperationalError):
+                raise BackendConnectionError(f"SQLite {self.path!r}: {exc}") from exc
+            if isinstance(exc, sqlite3.Error):
+                raise BackendError(f"SQLite {self.path!r}: {exc}") from exc
+            raise
+        return rows[0] if rows else None
+
+    def flush(self) -> None:
+        """Commit the deletes held back for the next reservation now."""
+        if self._acks:
+            acks, self._acks = self._acks, []
+            try:
+                self.db.executemany(self._delete_sql, acks)
+            except sqlite3.Error as exc:
+                self._acks[:0] = acks
+                cls = BackendConnectionError if isinstance(exc, sqlite3.OperationalError) else BackendError
+                raise cls(f"SQLite {self.path!r}: {exc}") from exc
+
     def _wait(self, queues: Sequence[str], version: int, deadline: float) -> bool:
-        """Sleep until another connection commits, a delay or lease falls due, or ``deadline``."""
-        marks = ",".join("?" * len(queues))
-        row = self._run(f"SELECT MIN(due) FROM {self.table} WHERE queue IN ({marks}) AND state < {HELD}", queues)
-        next_due = row.fetchone()[0]
-        wake = deadline if next_due is None else min(deadline, time.monotonic() + next_due - time.time())
+        """Sleep until another connection commits, a delay falls due, it is time to look for
+        lapsed leases (every ``LEASE_LOOK`` seconds), or ``deadline``."""
+        heads = " UNION ALL ".join(
+            f"SELECT MIN(due) AS due FROM {self.table} WHERE queue = ?{i + 1} AND state = {WAITING} AND due > 0"
+            for i in range(len(queues))
+        )
+        next_due = self._run(f"SELECT MIN(due) FROM ({heads})", queues).fetchone()[0]
+        wake = min(deadline, time.monotonic() + LEASE_LOOK)
+        if next_due is not None:
+            wake = min(wake, time.monotonic() + next_due - time.time())
         if self._wal is None and self.path != ":memory:":
             self._wal = WalWatch.open(self.path + "-wal")
         while (now := time.monotonic()) < wake:
@@ -188,13 +243,12 @@ class SQLiteAdapter(Adapter):
         return int(self._run("PRAGMA data_version").fetchone()[0])
 
     def delete(self, job: Job) -> None:
-        self._run(
-            f"DELETE FROM {self.table} WHERE id=? AND state={RESERVED} AND deliveries=?", (int(job.id), job.receipt)
-        )
+        """Held back to commit with the next reservation (or any other call, or ``flush``)."""
+        self._acks.append((int(job.id), job.receipt))
 
     def release(self, job: Job, *, priority: int, delay: float) -> None:
         sql = f"UPDATE {self.table} SET state={WAITING}, priority=?, due=? WHERE {self._leased}"
-        self._run(sql, (priority, time.time() + delay, int(job.id), job.receipt))
+        self._run(sql, (priority, _due(delay), int(job.id), job.receipt))
 
     def bury(self, job: Job, *, reason: str) -> None:
         sql = f"UPDATE {self.table} SET state={HELD}, reason=?, held_at=? WHERE {self._leased}"
@@ -212,11 +266,11 @@ class SQLiteAdapter(Adapter):
             f"UPDATE {t} SET {self._unhold} WHERE id IN "
             f"(SELECT id FROM {t} WHERE queue=? AND state={HELD} ORDER BY held_at, id LIMIT ?)"
         )
-        return self._run(sql, (time.time(), queue, count)).rowcount
+        return self._run(sql, (queue, count)).rowcount
 
     def kick_id(self, queue: str, id: str) -> bool:
         sql = f"UPDATE {self.table} SET {self._unhold} WHERE id=? AND queue=? AND state={HELD}"
-        return self._run(sql, (time.time(), _int(id), queue)).rowcount == 1
+        return self._run(sql, (_int(id), queue)).rowcount == 1
 
     def delete_id(self, queue: str, id: str) -> bool:
         sql = f"DELETE FROM {self.table} WHERE id=? AND queue=? AND (state != {RESERVED} OR due <= ?)"
@@ -233,7 +287,7 @@ class SQLiteAdapter(Adapter):
         t = self.table
         where = {
             "ready": f"state < {HELD} AND due <= ?2 ORDER BY priority, id",
-            "delayed": f"state = {WAITING} AND due > ?2 ORDER BY due, id",
+            "delayed": f"state = {WAITING} AND due > 0 AND due > ?2 ORDER BY due, id",
             "held": f"state = {HELD} ORDER BY held_at, id",
         }[state]
         sql = f"SELECT id, body, priority FROM {t} WHERE queue = ?1 AND {where} LIMIT 1"
@@ -249,11 +303,16 @@ class SQLiteAdapter(Adapter):
         return QueueStats(ready or 0, delayed or 0, reserved or 0, held or 0)
 
     def close(self) -> None:
-        if self._wal is not None:
-            self._wal.close()
-        self.db.close()
+        try:
+            self.flush()
+        finally:
+            if self._wal is not None:
+                self._wal.close()
+            self.db.close()
 
     def _run(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
+        if self._acks:
+            self.flush()
         try:
             return self.db.execute(sql, params)
         except sqlite3.OperationalError as exc:
@@ -316,6 +375,11 @@ def _option(key: str, value: Any) -> Any:
             raise ConfigError(f"{where}: must be a positive number of seconds, not {value!r}")
         return number
     raise ConfigError(f"{where}: unknown option (expected path, table, synchronous, poll_interval, busy_timeout)")
+
+
+def _due(delay: float) -> float:
+    """The ``due`` of a waiting message: 0 when ready at once, else its epoch time."""
+    return time.time() + delay if delay > 0 else 0.0
 
 
 def _bytes(body: object) -> bytes:
