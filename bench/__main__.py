@@ -77,12 +77,13 @@ def fmt(value: Any, unit: str = "") -> str:
 
 def table(rows: list[dict[str, Any]]) -> str:
     head = f"{'backend':<11} {'implementation':<50} {'put/s':>9} {'process/s':>10} "
-    head += f"{'p50 ms':>7} {'p99 ms':>7} {'RSS MB':>7}"
+    head += f"{'p50 ms':>7} {'p99 ms':>7} {'RSS MB':>7} {'CPU us':>7}"
     out = [head, "-" * len(head)]
     for r in rows:
         out.append(
             f"{r['backend']:<11} {r['impl'][:50]:<50} {fmt(r.get('put_per_s')):>9} {fmt(r.get('process_per_s')):>10} "
-            f"{fmt(r.get('p50_ms')):>7} {fmt(r.get('p99_ms')):>7} {fmt(r.get('worker_rss_mb')):>7}"
+            f"{fmt(r.get('p50_ms')):>7} {fmt(r.get('p99_ms')):>7} {fmt(r.get('worker_rss_mb')):>7} "
+            f"{fmt(r.get('worker_cpu_us')):>7}"
         )
     return "\n".join(out)
 
@@ -90,12 +91,12 @@ def table(rows: list[dict[str, Any]]) -> str:
 def markdown(rows: list[dict[str, Any]]) -> str:
     """The table as the README shows it."""
     out = [
-        "| backend | implementation | put/s | process/s | p50 ms | p99 ms | worker RSS MB |",
-        "|---|---|---|---|---|---|---|",
+        "| backend | implementation | put/s | process/s | p50 ms | p99 ms | worker RSS MB | worker CPU µs/task |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         cells = [r["backend"], r["impl"], *(fmt(r.get(k)) for k in ("put_per_s", "process_per_s", "p50_ms", "p99_ms"))]
-        out.append("| " + " | ".join([*cells, fmt(r.get("worker_rss_mb"))]) + " |")
+        out.append("| " + " | ".join([*cells, fmt(r.get("worker_rss_mb")), fmt(r.get("worker_cpu_us"))]) + " |")
     return "\n".join(out)
 
 

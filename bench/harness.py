@@ -6,7 +6,8 @@ enqueue N no-op tasks ``{"i": n}`` one at a time from this process; drain them w
 worker process; then time 300 tasks one at a time, enqueue to start. Then the same
 drain with ``concurrency`` worker processes started together, and with tasks padded to
 each of ``payloads`` bytes. Rates are tasks per second; latencies are milliseconds;
-RSS is the peak of one worker process.
+RSS is the peak of one worker process; worker CPU is the workers' user + system CPU
+per task processed, in microseconds.
 """
 
 from __future__ import annotations
@@ -63,7 +64,8 @@ def drain(url: str, name: str, concurrency: int) -> dict[str, Any]:
     results = [json.loads(proc.communicate(timeout=3600)[0].strip().splitlines()[-1]) for proc in procs]
     processed = sum(r["processed"] for r in results)
     seconds = max(r["ended"] for r in results) - min(r["started"] for r in results)
-    return {"processed": processed, "seconds": seconds, "peak_rss_mb": max(r["peak_rss_mb"] for r in results)}
+    cpu, peak = sum(r["cpu"] for r in results), max(r["peak_rss_mb"] for r in results)
+    return {"processed": processed, "seconds": seconds, "cpu": cpu, "peak_rss_mb": peak}
 
 
 def measure(url: str, n: int, latency_n: int = 300, *, payload: int = 0, concurrency: int = 1) -> Row:
@@ -95,6 +97,7 @@ def measure(url: str, n: int, latency_n: int = 300, *, payload: int = 0, concurr
         "p50_ms": p50,
         "p99_ms": p99,
         "worker_rss_mb": drained["peak_rss_mb"],
+        "worker_cpu_us": drained["cpu"] / max(drained["processed"], 1) * 1e6,
     }
 
 

@@ -2,8 +2,9 @@
 
 ``python -m bench.worker URL QUEUE --burst``: connect, print "ready", wait for a line on
 stdin (so that several workers start together), drain the queue (no-op tasks), then
-print ``{"processed", "started", "ended", "seconds", "peak_rss_mb"}`` as JSON
-(``started``/``ended`` are epoch seconds, comparable across processes).
+print ``{"processed", "started", "ended", "seconds", "cpu", "peak_rss_mb"}`` as JSON
+(``started``/``ended`` are epoch seconds, comparable across processes; ``cpu`` is this
+process's user + system CPU seconds while draining).
 ``python -m bench.worker URL QUEUE --latency N``: print "ready", then for each of N
 tasks print the milliseconds from its enqueue (``data["t"]``) to its start.
 """
@@ -40,11 +41,11 @@ def drain(app: lilqueue.App, queue: lilqueue.QueueHandler) -> None:
     app.adapter.stats(queue.backend_name)  # connect before the clock starts
     print("ready", flush=True)
     sys.stdin.readline()
-    started, clock = time.time(), time.perf_counter()
+    started, clock, cpu = time.time(), time.perf_counter(), time.process_time()
     processed = app.watch([queue.name], burst=True, install_signal_handlers=False)
-    seconds = time.perf_counter() - clock
+    seconds, cpu = time.perf_counter() - clock, time.process_time() - cpu
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    record = {"processed": processed, "started": started, "ended": started + seconds, "seconds": seconds}
+    record = {"processed": processed, "started": started, "ended": started + seconds, "seconds": seconds, "cpu": cpu}
     print(json.dumps({**record, "peak_rss_mb": round(peak, 1)}), flush=True)
 
 
