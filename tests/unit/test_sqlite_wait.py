@@ -138,3 +138,20 @@ def test_only_delayed_rows_are_in_the_due_index(tmp_path: Path) -> None:
     peeked = adapter.peek("q", "delayed")
     assert peeked is not None and peeked.id == "2"
     adapter.close()
+
+
+def test_close_with_a_locked_file_keeps_the_task_for_its_ttr_and_does_not_raise(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = str(tmp_path / "q.db")
+    worker, other = SQLiteAdapter(path, busy_timeout=0.1), SQLiteAdapter(path)
+    worker.put("q", b"{}", priority=1, delay=0, ttr=60)
+    job = worker.reserve(["q"], 0)
+    assert job is not None
+    worker.delete(job)
+    other.db.execute("BEGIN IMMEDIATE")  # another writer holds the lock past busy_timeout
+    worker.close()
+    other.db.execute("COMMIT")
+    assert "could not commit 1 held-back deletes" in caplog.text
+    assert other.stats("q").reserved == 1  # back to a worker once its lease lapses
+    other.close()

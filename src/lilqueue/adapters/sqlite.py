@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import logging
 import os
 import select
 import sqlite3
@@ -47,7 +48,9 @@ from lilqueue.adapters.base import (
     emulated,
     native,
 )
-from lilqueue.errors import BackendConnectionError, BackendError, ConfigError
+from lilqueue.errors import BackendConnectionError, BackendError, ConfigError, LilqueueError
+
+log = logging.getLogger(__name__)
 
 WAITING, RESERVED, HELD = 0, 1, 2
 SYNCHRONOUS = ("off", "normal", "full", "extra")
@@ -310,10 +313,11 @@ class SQLiteAdapter(Adapter):
     def close(self) -> None:
         try:
             self.flush()
-        finally:
-            if self._wal is not None:
-                self._wal.close()
-            self.db.close()
+        except LilqueueError as exc:  # closing anyway: those tasks run again after their ttr
+            log.warning("could not commit %d held-back deletes on close: %s", len(self._acks), exc)
+        if self._wal is not None:
+            self._wal.close()
+        self.db.close()
 
     def _run(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
         if self._acks:
