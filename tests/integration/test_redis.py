@@ -365,3 +365,21 @@ def test_a_task_finished_across_a_redis_restart_is_deleted(
     a.delete(job)  # the closed connection is noticed and replaced, not written into
     b = connect(adapters, url)
     assert b.stats(q).as_dict() == {"ready": 0, "delayed": 0, "reserved": 0, "held": 0}
+
+
+def test_flush_settles_the_pipelined_acks_at_once(tmp_path: Path) -> None:
+    """What the runner calls when it stops: no ack waits for a next request that never comes."""
+    port = free_port()
+    argv = [binary("redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(tmp_path)]
+    with Server(argv, port):
+        app = lilqueue.App(settings=load_settings(backend=f"redis://127.0.0.1:{port}/0", env={}))
+        q = app.queue(fresh_name())
+        q.send("w", {})
+        job = app.adapter.reserve([q.backend_name], 1)
+        assert job is not None
+        app.adapter.delete(job)
+        app.adapter.flush()
+        other = lilqueue.App(settings=load_settings(backend=f"redis://127.0.0.1:{port}/0", env={}))
+        assert other.queue(q.name).stats().reserved == 0
+        app.close()
+        other.close()

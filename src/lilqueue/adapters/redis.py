@@ -581,6 +581,10 @@ class RedisAdapter(Adapter):
         ready, delayed, reserved, held = (int(n) for n in self._call(STATS, queue))
         return QueueStats(ready, delayed, reserved, held)
 
+    def flush(self) -> None:
+        """Push out the pipelined acks now and read their replies (the runner, when it stops)."""
+        self._settle()
+
     def close(self) -> None:
         try:
             self._settle()
