@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import queue
 import shutil
-import socket
 import statistics
 import subprocess
 import threading
@@ -20,38 +19,23 @@ from contextlib import contextmanager
 
 import greenstalk
 
+from bench.backends import free_port, wait_port
+
 NAME = "beanstalkd"
 RAW = "greenstalk (put; reserve + delete)"
 #: beanstalkd's -z: room for the 64 KB payload rows (the default limit is 65,535 bytes)
 MAX_JOB_SIZE = 1 << 20
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_port(port: int, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"beanstalkd did not start on port {port}")
-
-
 @contextmanager
 def server() -> Iterator[str]:
     """A beanstalkd of our own on a free port (no binlog, jobs up to 1 MB); yields the lilqueue URL."""
     binary = shutil.which("beanstalkd") or "/usr/bin/beanstalkd"
-    port = _free_port()
+    port = free_port()
     argv = [binary, "-l", "127.0.0.1", "-p", str(port), "-z", str(MAX_JOB_SIZE)]
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
     try:
-        _wait_port(port)
+        wait_port(port)
         yield f"beanstalkd://127.0.0.1:{port}"
     finally:
         proc.terminate()

@@ -9,7 +9,6 @@ latency, a worker thread sleeping in ``PRE_SLEEP`` until gearmand's ``NOOP``.
 from __future__ import annotations
 
 import shutil
-import socket
 import statistics
 import subprocess
 import tempfile
@@ -20,44 +19,28 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from urllib.parse import quote
 
+from bench.backends import free_port, wait_port
 from lilqueue.adapters.gearman_protocol import Address, Command, Connection, parse_address
 
 NAME = "gearman"
 RAW = "own client (SUBMIT_JOB_LOW_BG; GRAB_JOB_UNIQ + WORK_COMPLETE)"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextmanager
 def server() -> Iterator[str]:
     """A gearmand of our own on a free port; yields the lilqueue URL (held store in a temp dir)."""
     gearmand = shutil.which("gearmand") or "/usr/sbin/gearmand"
-    port = _free_port()
+    port = free_port()
     argv = [gearmand, "--listen=127.0.0.1", f"--port={port}", "--log-file=none", "--threads=2"]
     with tempfile.TemporaryDirectory(prefix="lilqueue-bench-gearman-") as tmp:
         proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            _wait_port(port)
+            wait_port(port)
             held = quote(f"sqlite:///{tmp}/held.db", safe="")
             yield f"gearman://127.0.0.1:{port}?held_store={held}"
         finally:
             proc.terminate()
             proc.wait(10)
-
-
-def _wait_port(port: int, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"gearmand did not start on port {port}")
 
 
 def _address(url: str) -> Address:

@@ -15,7 +15,6 @@ import json
 import os
 import queue
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -30,6 +29,8 @@ from typing import Any
 
 import redis
 
+from bench.backends import free_port
+
 NAME = "redis"
 RAW = "redis-py (LPUSH; BRPOP)"
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,17 +43,11 @@ PEERS = {
 PEER_LATENCY_N = 200
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextmanager
 def server() -> Iterator[str]:
     """A redis-server of our own on a free port (no persistence); yields the lilqueue URL."""
     binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-    port = _free_port()
+    port = free_port()
     with tempfile.TemporaryDirectory(prefix="bench-redis-") as workdir:
         argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                 "--dir", workdir]  # fmt: skip

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import queue
-import socket
 import statistics
 import subprocess
 import sys
@@ -26,39 +25,24 @@ from urllib.parse import parse_qs, urlsplit
 
 import boto3
 
+from bench.backends import free_port, wait_port
+
 NAME = "sqs"
 RAW = "boto3 (send; receive + delete)"
 REGION = "us-east-1"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_port(port: int, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"moto_server did not start on port {port}")
 
 
 @contextmanager
 def server() -> Iterator[str]:
     """moto on a free port, dummy credentials in the environment; yields the lilqueue URL."""
     binary = Path(sys.executable).with_name("moto_server")
-    port = _free_port()
+    port = free_port()
     saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
     os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION=REGION)
     proc = subprocess.Popen([str(binary), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)  # fmt: skip
     try:
-        _wait_port(port)
+        wait_port(port)
         yield f"sqs://{REGION}?endpoint_url=http://127.0.0.1:{port}"
     finally:
         proc.terminate()
