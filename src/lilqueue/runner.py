@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from lilqueue import wire
 from lilqueue.adapters.base import Job
 from lilqueue.config import RetryPolicy
-from lilqueue.errors import BackendConnectionError, LilqueueError, TaskError, WireError
+from lilqueue.errors import BackendConnectionError, BackendError, LilqueueError, TaskError, WireError
 from lilqueue.task import Outcome, Task
 
 if TYPE_CHECKING:
@@ -113,7 +113,7 @@ class Runner:
         while not self.stopping:
             try:
                 job = self.app.adapter.reserve(self.names, timeout)
-            except BackendConnectionError as exc:
+            except BackendError as exc:  # lost, or refusing (e.g. a key of the wrong type): back off
                 lost_since = self._backend_lost(exc, lost_since)
                 continue
             lost_since = None
@@ -152,10 +152,10 @@ class Runner:
         now = time.monotonic()
         since = now if since is None else since
         if now - since > self.reconnect_for:
-            raise BackendConnectionError(f"backend unreachable for {self.reconnect_for:.0f}s; giving up") from exc
+            raise BackendConnectionError(f"backend failing for {self.reconnect_for:.0f}s; giving up: {exc}") from exc
         self.app.reset_adapter()
         wait = min(30.0, 0.5 * 2 ** min(int(now - since).bit_length(), 6)) * random.uniform(0.5, 1.0)
-        log.warning("backend lost (%s); reconnecting in %.1fs", exc, wait, extra={"queues": self.names})
+        log.warning("backend lost or failing (%s); reconnecting in %.1fs", exc, wait, extra={"queues": self.names})
         self._sleep(wait)
         return since
 
