@@ -21,7 +21,7 @@ from tests.servers import Server, binary, free_port
 
 from .workers import kill_group, lines, spawn, stop, wait_until
 
-APP = "tests.apps.beanstalkd_app:app"
+APP = "tests.apps.server_app:app"
 
 
 def beanstalkd(tmp_path: Path, name: str, binlog: bool = False) -> Server:

@@ -23,7 +23,7 @@ from lilqueue.testing import fresh_name, reserve_until, wait_for
 from tests.servers import Server, binary, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-APP = "tests.apps.redis_app:app"
+APP = "tests.apps.server_app:app"
 SUFFIXES = {"seq", "ready", "delayed", "reserved", "held", "wake"}
 
 

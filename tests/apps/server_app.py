@@ -1,6 +1,6 @@
-"""The app the Redis integration tests run in real worker processes.
+"""The app the beanstalkd and Redis integration tests run in real worker processes.
 
-``python -m lilqueue --app tests.apps.redis_app:app --backend redis://... watch jobs``.
+``python -m lilqueue --app tests.apps.server_app:app --backend beanstalkd://... watch jobs``.
 Each run appends ``"<task> <data i> <attempt> <pid> <phase> <epoch seconds>"`` to the
 file named by ``LILQUEUE_TEST_LOG``, one ``write`` on an O_APPEND descriptor.
 """
@@ -13,7 +13,7 @@ import time
 import lilqueue
 
 app = lilqueue.App()
-jobs = app.queue("jobs", max_attempts=3, backoff=0)
+jobs: lilqueue.QueueHandler = app.queue("jobs", max_attempts=3, backoff=0)
 
 
 def record(task: lilqueue.Task, phase: str) -> None:
@@ -34,8 +34,15 @@ def echo(task: lilqueue.Task) -> None:
 
 @jobs.worker("hang")
 def hang(task: lilqueue.Task) -> None:
-    """Hangs for a minute on its first attempt (to be killed), returns at once after."""
+    """Hangs for ``data["seconds"]`` (default 60) on its first attempt; returns at once after."""
     record(task, "start")
     if task.attempts == 1:
-        time.sleep(60)
+        time.sleep(float(task.data.get("seconds", 60)))
     record(task, "done")
+
+
+@jobs.worker("review")
+def review(task: lilqueue.Task) -> None:
+    """Holds the task for a human, with a reason."""
+    record(task, "held")
+    task.hold(f"needs review: {task.data.get('why', 'unknown')}")
