@@ -12,7 +12,7 @@ import lilqueue
 from lilqueue.config import load_settings
 from tests.servers import Server, binary, free_port
 
-from .workers import kill_group, lines, spawn, stop, wait_until
+from .workers import lines, spawn, stop, wait_until
 
 
 @pytest.fixture
@@ -21,13 +21,6 @@ def redis(tmp_path: Path) -> Iterator[Server]:
     argv = [binary("redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
     with Server([*argv, "--dir", str(tmp_path)], port) as server:
         yield server
-
-
-@pytest.fixture
-def procs() -> Iterator[list[object]]:
-    started: list[object] = []
-    yield started
-    kill_group(started)  # type: ignore[arg-type]
 
 
 def url(server: Server) -> str:

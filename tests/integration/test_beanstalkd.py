@@ -19,7 +19,7 @@ import lilqueue
 from lilqueue.config import load_settings
 from tests.servers import Server, binary, free_port
 
-from .workers import kill_group, lines, spawn, stop, wait_until
+from .workers import lines, spawn, stop, wait_until
 
 APP = "tests.apps.server_app:app"
 
@@ -46,18 +46,6 @@ def app_for(url: str, **settings: Any) -> lilqueue.App:
 def server(tmp_path: Path) -> Iterator[Server]:
     with beanstalkd(tmp_path, "single") as s:
         yield s
-
-
-@pytest.fixture
-def log(tmp_path: Path) -> Path:
-    return tmp_path / "runs.log"
-
-
-@pytest.fixture
-def procs() -> Iterator[list[object]]:
-    started: list[object] = []
-    yield started
-    kill_group(started)  # type: ignore[arg-type]
 
 
 def done_items(log: Path) -> collections.Counter[str]:

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 import lilqueue
 from lilqueue.config import load_settings
 
-from .workers import kill_group, lines, spawn, stop, wait_until
+from .workers import lines, spawn, stop, wait_until
 
 
 @pytest.fixture
@@ -27,22 +27,10 @@ def url(tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def log(tmp_path: Path) -> Path:
-    return tmp_path / "runs.log"
-
-
-@pytest.fixture
 def jobs(url: str) -> Iterator[lilqueue.QueueHandler]:
     app = lilqueue.App(settings=load_settings(backend=url, env={}))
     yield app.queue("jobs")
     app.close()
-
-
-@pytest.fixture
-def procs() -> Iterator[list[object]]:
-    started: list[object] = []
-    yield started
-    kill_group(started)  # type: ignore[arg-type]
 
 
 def pids_of(log: Path, phase: str = "start") -> list[int]:

@@ -13,7 +13,7 @@ import lilqueue
 from lilqueue.config import load_settings
 from tests.servers import Server, binary, free_port, moto_sqs
 
-from .workers import kill_group, lines, spawn, stop, wait_until
+from .workers import lines, spawn, stop, wait_until
 
 BACKENDS = ["beanstalkd", "redis", "sqs"]
 
@@ -50,13 +50,6 @@ def jobs(url: str) -> Iterator[lilqueue.QueueHandler]:
     app = lilqueue.App(settings=load_settings(backend=url, env={}))
     yield app.queue("jobs")
     app.close()
-
-
-@pytest.fixture
-def procs() -> Iterator[list[object]]:
-    started: list[object] = []
-    yield started
-    kill_group(started)  # type: ignore[arg-type]
 
 
 def test_a_hung_task_is_stopped_and_runs_again_once(

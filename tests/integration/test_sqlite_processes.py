@@ -15,7 +15,7 @@ import pytest
 import lilqueue
 from lilqueue.config import load_settings
 
-from .workers import kill_group, lines, run_cli, spawn, stop, wait_until
+from .workers import lines, run_cli, spawn, stop, wait_until
 
 
 @pytest.fixture
@@ -24,23 +24,11 @@ def url(tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def log(tmp_path: Path) -> Path:
-    return tmp_path / "runs.log"
-
-
-@pytest.fixture
 def app(url: str) -> Iterator[lilqueue.App]:
     app = lilqueue.App(settings=load_settings(backend=url, env={}))
     app.queue("jobs")
     yield app
     app.close()
-
-
-@pytest.fixture
-def procs() -> Iterator[list[object]]:
-    started: list[object] = []
-    yield started
-    kill_group(started)  # type: ignore[arg-type]
 
 
 def test_cli_send_then_a_worker_process_runs_it(url: str, log: Path, procs: list[object]) -> None:
