@@ -18,7 +18,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -49,12 +51,19 @@ def main() -> None:
     os.environ.update(BENCH_REDIS_URL=url, BENCH_MARK_DIR=str(marks), BENCH_LAST=str(n - 1), PYTHONPATH=str(ROOT))
     redis.Redis.from_url(url).flushdb()
     send = importlib.import_module(f"bench.peers.redis_{peer}").enqueuer()
+    argv = [str(BIN / WORKERS[peer][0]), *(a.format(url=url) for a in WORKERS[peer][1:])]
+    print(json.dumps(measure(send, argv, {**os.environ, **ENV.get(peer, {})}, marks, n, latency_n)), flush=True)
+
+
+def measure(
+    send: Callable[[dict[str, Any]], object], argv: list[str], env: dict[str, str], marks: Path, n: int, latency_n: int
+) -> dict[str, float]:
+    """Enqueue n tasks with ``send`` (put/s), run the peer's worker ``argv`` and time its first to
+    its last task (process/s, from the marks its tasks write), then p50/p99 of latency_n more."""
     started = time.perf_counter()
     for i in range(n):
         send({"i": i})
     put_seconds = time.perf_counter() - started
-    argv = [str(BIN / WORKERS[peer][0]), *(a.format(url=url) for a in WORKERS[peer][1:])]
-    env = {**os.environ, **ENV.get(peer, {})}
     with open(marks / "worker.log", "wb") as log:
         proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
@@ -71,7 +80,7 @@ def main() -> None:
     row = {"put_per_s": n / put_seconds, "process_per_s": (n - 1) / (last - first)}
     if times:
         row |= {"p50_ms": statistics.median(times), "p99_ms": times[min(len(times) - 1, int(0.99 * len(times)))]}
-    print(json.dumps(row), flush=True)
+    return row
 
 
 def latencies(send: object, path: Path, n: int, warmup: int = 20) -> list[float]:

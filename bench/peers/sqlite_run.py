@@ -12,15 +12,11 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from bench.peers.redis_run import latencies, wait_file
+from bench.peers.redis_run import measure
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -34,28 +30,7 @@ def main() -> None:
     from bench.peers import sqlite_huey
 
     send = sqlite_huey.enqueuer()
-    started = time.perf_counter()
-    for i in range(n):
-        send({"i": i})
-    put_seconds = time.perf_counter() - started
-    argv = [str(BIN / WORKER[0]), *WORKER[1:]]
-    with open(marks / "worker.log", "wb") as log:
-        proc = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        first = float(wait_file(marks / "0", 120))
-        last = float(wait_file(marks / str(n - 1), 1800))
-        times = latencies(send, marks / "latency", latency_n)
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    row = {"put_per_s": n / put_seconds, "process_per_s": (n - 1) / (last - first)}
-    if times:
-        row |= {"p50_ms": statistics.median(times), "p99_ms": times[min(len(times) - 1, int(0.99 * len(times)))]}
-    print(json.dumps(row), flush=True)
+    print(json.dumps(measure(send, [str(BIN / WORKER[0]), *WORKER[1:]], dict(os.environ), marks, n, latency_n)))
 
 
 if __name__ == "__main__":
