@@ -104,6 +104,7 @@ class Runner:
                 self._loop()
             finally:
                 self._flush()
+                self._give_back()
             log.info("worker stopped: %s", self.stop_reason or "done", extra={"processed": self.processed})
         return self.processed
 
@@ -139,12 +140,16 @@ class Runner:
             log.error("could not send held-back acks (those tasks come back after their ttr): %s", exc)
             self._after_failed_ack(exc)
 
-    def _release_unstarted(self, job: Job) -> None:
-        adapter = self.app.adapter
+    def _give_back(self) -> None:
+        """Return what the adapter took ahead of time (poll threads) before it was asked."""
         try:
-            if adapter.capabilities.retry.level == "native":
-                adapter.release(job, priority=job.priority, delay=0)
-            # otherwise closing the connection hands it back (Gearman), or its ttr lapses
+            self.app.adapter.give_back()
+        except LilqueueError as exc:
+            log.warning("could not give back prefetched tasks (they come back after their ttr): %s", exc)
+
+    def _release_unstarted(self, job: Job) -> None:
+        try:
+            self.app.adapter.unreserve(job)
         except LilqueueError as exc:
             log.warning("could not release job %s (it comes back after its ttr): %s", job.id, exc)
 

@@ -81,7 +81,11 @@ class Job:
     """A message the backend has handed to this worker (reserved, under a lease).
 
     ``deliveries`` counts how many times the backend has handed out this message,
-    1 on the first reservation. ``receipt`` is the adapter's own handle.
+    1 on the first reservation. ``unfinished`` counts the earlier deliveries that never
+    reached an outcome (the worker died, was killed by the watchdog, or its lease
+    lapsed): a retry, a hold or a kick settles them, so it is 0 again after any of
+    those. The runner holds a message without running it once ``unfinished`` reaches
+    the worker's ``max_attempts``. ``receipt`` is the adapter's own handle.
     """
 
     id: str
@@ -91,6 +95,7 @@ class Job:
     ttr: int
     deliveries: int = 1
     receipt: Any = None
+    unfinished: int = 0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -148,6 +153,29 @@ class Adapter(abc.ABC):
     thread_safe: ClassVar[bool] = False
     #: The largest body the backend accepts, in bytes (None: no practical limit).
     max_body: ClassVar[int | None] = None
+    #: The longest queue name (as the backend names it, prefix included), in UTF-8 bytes.
+    max_queue_name: ClassVar[int | None] = None
+
+    @classmethod
+    def queue_name_problem(cls, name: str) -> str | None:
+        """Why ``name`` cannot name a queue on this backend, or None if it can.
+
+        The base rule refuses what no backend carries safely: an empty name, control
+        characters (newline, NUL, ...), text that is not valid UTF-8 (a lone surrogate)
+        and names over :attr:`max_queue_name` bytes. Adapters extend it with their
+        backend's own rules (call ``super()`` first).
+        """
+        if not isinstance(name, str) or not name:
+            return "a queue name must be a non-empty string"
+        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
+            return "a queue name must not contain control characters (newline, tab, NUL, ...)"
+        try:
+            size = len(name.encode("utf-8"))
+        except UnicodeEncodeError:
+            return "a queue name must be valid Unicode text (it has a lone surrogate)"
+        if cls.max_queue_name is not None and size > cls.max_queue_name:
+            return f"a queue name may be at most {cls.max_queue_name} bytes here ({size} given)"
+        return None
 
     @classmethod
     @abc.abstractmethod
@@ -172,6 +200,19 @@ class Adapter(abc.ABC):
     @abc.abstractmethod
     def release(self, job: Job, *, priority: int, delay: float) -> None:
         """Put a reserved message back, ready again after ``delay``."""
+
+    def unreserve(self, job: Job) -> None:
+        """Hand back a message reserved but never started (the worker is stopping).
+
+        It is ready again at once, with its priority, and this delivery does not count:
+        the next run sees the same ``deliveries`` and ``unfinished`` as this one would
+        have. The default releases it; adapters whose release counts a delivery override.
+        """
+        self.release(job, priority=job.priority, delay=0)
+
+    def give_back(self) -> None:  # noqa: B027 - a no-op is the right default
+        """Return at once every message taken from the backend but not yet handed out by
+        :meth:`reserve` (prefetched by a poll thread, say). Called when a runner stops."""
 
     @abc.abstractmethod
     def bury(self, job: Job, *, reason: str) -> None:
