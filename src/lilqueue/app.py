@@ -148,8 +148,9 @@ class App:
             if label is not None:
                 existing.label = label
             return existing  # type: ignore[return-value]
-        if not isinstance(name, str) or not name or "," in name or name == "all":
-            raise ConfigError(f"queue name must be a non-empty string without ',' and not 'all': {name!r}")
+        problem = self.queue_name_problem(name)
+        if problem is not None:
+            raise ConfigError(f"cannot declare queue {name!r}: {problem}")
         cls: type[QueueHandler] = handler or QueueHandler
         policy = retry_policy(retry, f"queues.{name}", self.settings.retry) if retry else None
         instance = cls(self, name, label=label, retry=policy)
@@ -158,6 +159,22 @@ class App:
         self._queues[name] = instance
         self._by_backend_name[instance.backend_name] = instance
         return instance  # type: ignore[return-value]
+
+    def queue_name_problem(self, name: str) -> str | None:
+        """Why ``name`` cannot name a queue of this app on its backend, or None if it can.
+
+        lilqueue's own rules (``all`` and ``,`` mean something to ``watch``) and the
+        backend's (length, characters), applied to the name with the configured prefix.
+        """
+        if not isinstance(name, str) or not name:
+            return "a queue name must be a non-empty string"
+        if "," in name or name == "all" or name != name.strip():
+            return "a queue name must not contain ',', be 'all', or start or end with white space"
+        try:
+            cls = adapter_class(self.settings)
+        except ConfigError:  # a bad backend is reported when it is first used, with its key
+            return Adapter.queue_name_problem(self.settings.prefix + name)
+        return cls.queue_name_problem(self.settings.prefix + name)
 
     def get_queue(self, name: str) -> QueueHandler:
         """The handler of a declared queue; ConfigError if it is not declared."""
@@ -258,7 +275,9 @@ class App:
 
     def add_task(self, queue: str, task: Task) -> str:
         """Send ``task`` to ``queue``; return its backend id. TaskError before sending if invalid."""
-        body, priority, delay, ttr = self.encode(task)
+        if queue not in self._queues and (problem := self.queue_name_problem(queue)) is not None:
+            raise TaskError(f"cannot add a task to queue {queue!r}: {problem}")
+        body, priority, delay, ttr = self.encode(task, queue=queue)
         adapter = self.adapter
         limit = adapter.max_body
         if limit is not None and len(body) > limit:
@@ -267,8 +286,8 @@ class App:
             task.id = adapter.put(self.settings.prefix + queue, body, priority=priority, delay=delay, ttr=ttr)
         return task.id
 
-    def encode(self, task: Task, attempts: int = 0) -> tuple[bytes, int, float, int]:
-        """The body, priority, delay and ttr a task is sent with (validated)."""
+    def encode(self, task: Task, attempts: int = 0, *, queue: str = "") -> tuple[bytes, int, float, int]:
+        """The body, priority, delay and ttr a task is sent with to ``queue`` (validated)."""
         s = self.settings
         priority = s.priority if task.priority is None else check_priority(task.priority)
         delay = s.delay if task.delay is None else check_delay(task.delay)
@@ -276,7 +295,7 @@ class App:
         if not task.envelope_id:
             task.envelope_id = wire.new_id()
         env = wire.Envelope(task.name, task.data, task.context, task.envelope_id, attempts, priority, ttr)
-        return wire.encode(env, secret=s.secret, wire=s.wire), priority, delay, ttr
+        return wire.encode(env, secret=s.secret, wire=s.wire, queue=queue), priority, delay, ttr
 
     # -- running -------------------------------------------------------------------
 

@@ -50,8 +50,10 @@ class RetryPolicy:
     cap: float = 600.0
 
     def delay(self, attempts: int) -> float:
-        """Seconds to wait before the run after ``attempts`` failed ones."""
-        return float(min(self.cap, self.base * 2 ** max(attempts - 1, 0)))
+        """Seconds to wait before the run after ``attempts`` failed ones (any count: the
+        doubling stops at the cap, so 10**12 attempts cost no more than 2)."""
+        doublings = min(max(attempts - 1, 0), 1023)  # 2.0**1024 overflows; a float product goes to inf
+        return min(self.cap, self.base * 2.0**doublings)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -78,6 +80,7 @@ class Settings:
     backend_tables: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     app: str | None = None
     secret: bytes | None = None
+    legacy_signatures: bool = False
     wire: Format = "lilqueue"
     prefix: str = ""
     priority: int = DEFAULT_PRIORITY
@@ -218,16 +221,24 @@ def retry_policy(spec: Mapping[str, Any], where: str, base: RetryPolicy = RetryP
 
 
 def _apply_env(settings: Settings, env: Mapping[str, str]) -> None:
-    names = {"backend": "LILQUEUE_BACKEND", "app": "LILQUEUE_APP", "secret": "LILQUEUE_SECRET",
-             "wire": "LILQUEUE_WIRE", "prefix": "LILQUEUE_PREFIX"}  # fmt: skip
-    values = {key: env[var] for key, var in names.items() if env.get(var)}
+    names = {
+        "backend": "LILQUEUE_BACKEND",
+        "app": "LILQUEUE_APP",
+        "secret": "LILQUEUE_SECRET",
+        "wire": "LILQUEUE_WIRE",
+        "prefix": "LILQUEUE_PREFIX",
+        "legacy_signatures": "LILQUEUE_LEGACY_SIGNATURES",
+    }
+    values: dict[str, Any] = {key: env[var] for key, var in names.items() if env.get(var)}
+    if "legacy_signatures" in values:
+        values["legacy_signatures"] = _env_flag("LILQUEUE_LEGACY_SIGNATURES", values["legacy_signatures"])
     _apply(settings, values, "environment")
 
 
 def _apply(settings: Settings, values: Mapping[str, Any], where: str) -> None:
     """Apply top-level keys (``backend``, ``secret``, ``wire``, ...) from one source."""
     retry_keys = {"max_attempts", "backoff", "backoff_max"}
-    known = {"backend", "app", "secret", "wire", "prefix"} | retry_keys
+    known = {"backend", "app", "secret", "wire", "prefix", "legacy_signatures"} | retry_keys
     for key, value in values.items():
         if key not in known:
             raise ConfigError(f"{where}: unknown key {key!r} (expected one of {sorted(known)})")
@@ -239,6 +250,10 @@ def _apply(settings: Settings, values: Mapping[str, Any], where: str) -> None:
             if value not in ("lilqueue", "lilmuckers"):
                 raise ConfigError(f"{where}.wire: must be 'lilqueue' or 'lilmuckers', not {value!r}")
             settings.wire = value
+        elif key == "legacy_signatures":
+            if type(value) is not bool:
+                raise ConfigError(f"{where}.legacy_signatures: must be true or false, not {value!r:.60}")
+            settings.legacy_signatures = value
         elif key in retry_keys:
             settings.retry = retry_policy({key: value}, where, settings.retry)
         else:
@@ -273,9 +288,17 @@ def _table(where: str, value: Any) -> dict[str, Any]:
 
 
 def _seconds(where: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        raise ConfigError(f"{where}: must be a number of seconds >= 0, not {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 2**32:
+        raise ConfigError(f"{where}: must be a number of seconds 0 <= s < 2**32, not {value!r:.60}")
     return float(value)
+
+
+def _env_flag(name: str, value: str) -> bool:
+    flags = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
+    try:
+        return flags[value.strip().lower()]
+    except KeyError:
+        raise ConfigError(f"{name}: must be true or false, not {value!r:.60}") from None
 
 
 def _checked(where: str, value: Any, check: Any) -> Any:

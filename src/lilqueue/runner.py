@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import random
@@ -21,12 +22,16 @@ from lilqueue.errors import BackendConnectionError, BackendError, LilqueueError,
 from lilqueue.task import Outcome, Task
 
 if TYPE_CHECKING:
+    import asyncio
+
     from lilqueue.app import App
     from lilqueue.handler import QueueHandler
 
 log = logging.getLogger(__name__)
 TaskHook = Callable[[Task], object]
 FailureHook = Callable[[Task, BaseException, str, bool], object]
+#: (backend queue name, job id) -> what the watchdog last did to that job, if it knows
+LapsedNote = Callable[[str, str], "str | None"]
 MAX_REASON = 16_384
 SUCCESS = Outcome("success")
 #: the watchdog stops a task this many seconds before its lease lapses at the backend
@@ -52,7 +57,10 @@ class Runner:
     ``reconnect_for``: how long to keep reconnecting to a lost backend before giving up.
     ``auto_touch``: touch the running task every ttr/2 from a background thread.
     ``heartbeat(deadline)``: told the monotonic time by which the running task must finish
-    or touch (0 when idle); the supervisor's watchdog reads it.
+    or touch (0 when idle); the supervisor's watchdog reads it. ``describe(text)``: told
+    which task is running (queue, id, name, ttr), for the watchdog's log line.
+    ``lapsed_note(queue, id)``: what the watchdog last did to a job, for the reason a
+    task is held with once its runs keep ending without an outcome.
     """
 
     def __init__(
@@ -68,6 +76,8 @@ class Runner:
         reconnect_for: float = 300.0,
         auto_touch: bool = False,
         heartbeat: Callable[[float], object] | None = None,
+        describe: Callable[[str], object] | None = None,
+        lapsed_note: LapsedNote | None = None,
     ) -> None:
         self.app = app
         self.handlers = app.resolve_queues(queues)
@@ -80,7 +90,10 @@ class Runner:
         self.reconnect_for = reconnect_for
         self.auto_touch = auto_touch
         self.heartbeat = heartbeat
+        self.describe = describe
+        self.lapsed_note = lapsed_note
         self.heartbeat_deadline = 0.0
+        self.event_loop: asyncio.AbstractEventLoop | None = None  # for async def workers
         self.current: tuple[Job, Task] | None = None  # what is running, for task.touch()
         self.processed = 0
         self.acked = False  # a delete went to the adapter since its last flush
@@ -105,6 +118,9 @@ class Runner:
             finally:
                 self._flush()
                 self._give_back()
+                if self.event_loop is not None:
+                    self.event_loop.close()
+                    self.event_loop = None
             log.info("worker stopped: %s", self.stop_reason or "done", extra={"processed": self.processed})
         return self.processed
 
@@ -196,15 +212,30 @@ class Runner:
     # -- one task --------------------------------------------------------------------
 
     def process(self, job: Job) -> None:
-        """Decode, dispatch and finish one reserved job. Never raises for bad input."""
+        """Decode, dispatch and finish one reserved job.
+
+        Never raises for anything about the job: whatever goes wrong in decoding it,
+        deciding its outcome or storing that outcome ends with the job held with a reason
+        (or, where the backend cannot be told, left to come back after its ttr).
+        """
         if self.heartbeat is None:
-            self._process(job)
+            self._guarded(job)
             return
+        if self.describe is not None:
+            self.describe(f"task id {job.id} on queue {job.queue} (ttr {job.ttr}s)")
         self._beat(time.monotonic() + job.ttr - WATCHDOG_MARGIN)
         try:
-            self._process(job)
+            self._guarded(job)
         finally:
             self._beat(0.0)
+
+    def _guarded(self, job: Job) -> None:
+        try:
+            self._process(job)
+        except Exception as exc:  # lilqueue's own failure on this job: hold it
+            log.exception("lilqueue failed on job %s of %s; holding it", job.id, job.queue)
+            self.current = None
+            self._bury(job, f"lilqueue could not process this task: {exc!r}")
 
     def _beat(self, deadline: float) -> None:
         self.heartbeat_deadline = deadline
@@ -213,14 +244,18 @@ class Runner:
 
     def _process(self, job: Job) -> None:
         handler = self.app.queue_for_backend_name(job.queue)
+        name = handler.name if handler is not None else job.queue
+        s = self.app.settings
         try:
-            env = wire.decode(job.body, secret=self.app.settings.secret)
+            env = wire.decode(job.body, secret=s.secret, queue=name, legacy=s.legacy_signatures)
         except WireError as exc:
             self._bury(job, f"rejected: {exc}")
             return
         if handler is None or (spec := handler.workers.get(env.task)) is None:
-            where = handler.name if handler else job.queue
-            self._bury(job, f"no worker registered for task {env.task!r} on queue {where!r}")
+            self._bury(job, f"no worker registered for task {env.task!r} on queue {name!r}")
+            return
+        if job.unfinished >= spec.retry.max_attempts:
+            self._bury(job, self._lapsed_reason(job))
             return
         task = self._task(job, env, handler)
         func = spec.callable(self.app)
@@ -229,13 +264,24 @@ class Runner:
         try:
             if self.auto_touch or self.app.context_appliers or self.app.before_task_hooks:
                 self._call_wrapped(func, task, job.ttr)
-            else:
-                func(task)
+            elif (result := func(task)) is not None and inspect.isawaitable(result):
+                self._await(result)
         except Exception as exc:  # noqa: BLE001 - a worker's failure is data
             error = exc
         outcome = SUCCESS if error is None and task.outcome is None else self._outcome(task, error, spec.retry)
         self._finish(job, task, outcome)
         self._after(task, outcome, time.monotonic() - started, error)
+
+    def _lapsed_reason(self, job: Job) -> str:
+        runs = job.unfinished
+        last = self.lapsed_note(job.queue, job.id) if self.lapsed_note is not None else None
+        last = last or "the worker process died or the lease lapsed (no watchdog here saw it)"
+        return (
+            f"not run: its worker died or ran past its ttr on {runs} attempt{'s' if runs != 1 else ''} "
+            f"without an outcome; last: {last}. If the task is slow rather than stuck, call task.touch() "
+            f"while it works, run the worker with --auto-touch, or give it a longer ttr (now {job.ttr}s); "
+            f"then kick it"
+        )
 
     def _call_wrapped(self, func: Callable[[Task], object], task: Task, ttr: int) -> None:
         """Call the worker inside auto-touch, the context appliers and the before-task hooks."""
@@ -246,7 +292,17 @@ class Runner:
                 stack.enter_context(apply(task.context))
             for hook in self.app.before_task_hooks:
                 hook(task)
-            func(task)
+            result = func(task)
+            if result is not None and inspect.isawaitable(result):
+                self._await(result)
+
+    def _await(self, awaitable: Any) -> None:
+        """Run an ``async def`` worker to completion on this runner's own event loop."""
+        if self.event_loop is None:
+            import asyncio
+
+            self.event_loop = asyncio.new_event_loop()
+        self.event_loop.run_until_complete(awaitable)
 
     def _task(self, job: Job, env: wire.Envelope, handler: QueueHandler) -> Task:
         task = Task.__new__(Task)
@@ -274,6 +330,9 @@ class Runner:
         if decided is not None:
             if error is not None:
                 log.warning("worker raised after deciding %s(): %r", decided.kind, error, extra=_fields(task))
+            if decided.kind == "retry" and task.attempts >= policy.max_attempts:
+                reason = f"retry() asked on attempt {task.attempts}, and max_attempts is {policy.max_attempts}"
+                return Outcome("hold", reason=reason)
             if decided.kind == "retry" and decided.delay is None:
                 return Outcome("retry", delay=policy.delay(task.attempts))
             return decided
@@ -300,6 +359,9 @@ class Runner:
                 log.exception("on_failure hook %r raised", hook)
 
     def _finish(self, job: Job, task: Task, outcome: Outcome) -> None:
+        """Apply ``outcome``. If the backend is lost, the job comes back after its ttr; if
+        anything else stops a retry or success from being stored, the job is held instead
+        (a retry that cannot be re-put must never come straight back and loop)."""
         adapter = self.app.adapter
         try:
             if outcome.kind == "success":
@@ -308,15 +370,19 @@ class Runner:
             elif outcome.kind == "retry":
                 self._release(job, task, outcome.delay or 0.0)
             else:
-                adapter.bury(job, reason=outcome.reason or "held by the worker")
-        except LilqueueError as exc:
-            log.error(
-                "could not apply %s to task %s (it comes back after its ttr): %s", outcome.kind, job.id, exc,
-                extra=_fields(task, outcome=outcome.kind),
-            )  # fmt: skip
+                adapter.bury(job, reason=_clean(outcome.reason or "held by the worker"))
+        except BackendConnectionError as exc:
+            what = f"could not apply {outcome.kind} to task {job.id} (it comes back after its ttr)"
+            log.error("%s: %s", what, exc, extra=_fields(task, outcome=outcome.kind))
             self._after_failed_ack(exc)
+        except Exception as exc:  # noqa: BLE001 - e.g. a re-put the backend refuses: hold, never loop
+            if outcome.kind == "hold":
+                log.error("could not hold task %s (it comes back after its ttr): %r", job.id, exc)
+                self._after_failed_ack(exc)
+                return
+            self._bury(job, f"could not {outcome.kind} this task: {exc!r}")
 
-    def _after_failed_ack(self, exc: LilqueueError) -> None:
+    def _after_failed_ack(self, exc: BaseException) -> None:
         """Reconnect after a lost connection, or where only a closed connection gives a job back."""
         if isinstance(exc, BackendConnectionError) or self.app.capabilities.ttr.level == "none":
             self.app.reset_adapter()
@@ -328,18 +394,20 @@ class Runner:
             adapter.release(job, priority=job.priority, delay=delay)
             return
         task.delay = delay
-        body, priority, _, ttr = self.app.encode(task, attempts=task.attempts)
+        queue = task.queue.name if task.queue is not None else ""
+        body, priority, _, ttr = self.app.encode(task, attempts=task.attempts, queue=queue)
         adapter.put(job.queue, body, priority=priority, delay=delay, ttr=ttr)
         adapter.delete(job)
 
     def _bury(self, job: Job, reason: str) -> None:
+        reason = _clean(reason)
         log.warning(
             "holding job %s on %s: %s", job.id, job.queue, reason, extra={"queue": job.queue, "task_id": job.id}
         )
         try:
-            self.app.adapter.bury(job, reason=reason[:MAX_REASON])
-        except LilqueueError as exc:
-            log.error("could not hold job %s (it comes back after its ttr): %s", job.id, exc)
+            self.app.adapter.bury(job, reason=reason)
+        except Exception as exc:  # noqa: BLE001 - the backend's or the adapter's: never crash the worker
+            log.error("could not hold job %s (it comes back after its ttr): %r", job.id, exc)
             self._after_failed_ack(exc)
 
     def _after(self, task: Task, outcome: Outcome, duration: float, error: BaseException | None) -> None:
@@ -383,6 +451,12 @@ class AutoTouch:
                 self.task.touch()
             except LilqueueError as exc:
                 log.warning("auto-touch of task %s failed: %s", self.task.id, exc, extra=_fields(self.task))
+
+
+def _clean(reason: object) -> str:
+    """A hold reason any backend can store: text, no lone surrogates, at most MAX_REASON."""
+    text = reason if isinstance(reason, str) else repr(reason)
+    return text[:MAX_REASON].encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _fields(task: Task, **more: Any) -> dict[str, Any]:

@@ -1,0 +1,189 @@
+"""The runner never crashes, never loops and never drops a task, whatever a task does or is.
+
+On the in-memory backend (a real adapter, not a mock); the same paths run against every
+server backend in tests/integration/test_*_hostile.py with real worker processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+import lilqueue
+from lilqueue.config import RetryPolicy, load_settings
+from lilqueue.errors import ConfigError, TaskError
+from lilqueue.runner import Runner
+
+
+@pytest.fixture
+def app() -> Iterator[lilqueue.App]:
+    app = lilqueue.App(settings=load_settings(backend=f"memory://{uuid.uuid4().hex}", env={}))
+    yield app
+    app.close()
+
+
+def drain(app: lilqueue.App, queue: str = "q") -> int:
+    return app.watch([queue], burst=True, install_signal_handlers=False)
+
+
+def reason(q: lilqueue.QueueHandler) -> str:
+    (held,) = q.held()
+    return held.reason or ""
+
+
+def test_async_def_workers_are_awaited_with_the_same_outcomes(app: lilqueue.App) -> None:
+    q = app.queue("q", max_attempts=2, backoff=0)
+    ran: list[tuple[str, int]] = []
+
+    @q.worker("ok")
+    async def ok(task: lilqueue.Task) -> None:
+        await asyncio.sleep(0)
+        ran.append(("ok", task.attempts))
+
+    @q.worker("boom")
+    async def boom(task: lilqueue.Task) -> None:
+        await asyncio.sleep(0)
+        ran.append(("boom", task.attempts))
+        raise ValueError("async failure")
+
+    q.send("ok")
+    q.send("boom")
+    drain(app)
+    assert sorted(ran) == [("boom", 1), ("boom", 2), ("ok", 1)]
+    assert "failed 2 of 2 attempts" in reason(q) and "ValueError: async failure" in reason(q)
+
+
+def test_async_class_method_and_hooks(app: lilqueue.App) -> None:
+    q = app.queue("q")
+    seen: list[str] = []
+    app.before_task(lambda t: seen.append("before"))
+
+    class Mailer(lilqueue.Worker):
+        async def send(self, task: lilqueue.Task) -> None:
+            await asyncio.sleep(0)
+            seen.append("sent")
+            task.hold("async hold")
+
+    q.add_worker("send", Mailer, method="send")
+    q.send("send")
+    drain(app)
+    assert seen == ["before", "sent"] and reason(q) == "async hold"
+
+
+def test_explicit_retry_on_the_last_attempt_holds_instead_of_looping(app: lilqueue.App) -> None:
+    q = app.queue("q", max_attempts=3, backoff=0)
+    runs: list[int] = []
+
+    @q.worker("poll")
+    def poll(task: lilqueue.Task) -> None:
+        runs.append(task.attempts)
+        task.retry()
+
+    q.send("poll")
+    drain(app)
+    assert runs == [1, 2, 3]
+    assert "retry() asked on attempt 3, and max_attempts is 3" in reason(q)
+
+
+@pytest.mark.parametrize("attempts", [5000, 10**12, 2**64])
+def test_retry_delay_of_a_huge_attempt_count_is_the_cap(attempts: int) -> None:
+    assert RetryPolicy(base=1, cap=600).delay(attempts) == 600
+    assert RetryPolicy(base=0, cap=600).delay(attempts) == 0
+    assert RetryPolicy(base=2**31, cap=2**31).delay(attempts) == 2**31
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -1, "1", True, 2**40])
+def test_backoff_that_is_not_a_number_of_seconds_is_a_config_error(value: object) -> None:
+    with pytest.raises(ConfigError, match="backoff"):
+        load_settings(env={}, backoff=value)
+
+
+def test_a_reason_with_a_lone_surrogate_is_stored_escaped(app: lilqueue.App) -> None:
+    q = app.queue("q")
+    q.worker("w")(lambda t: t.hold("bad \udc80 byte"))
+    q.worker("x")(lambda t: (_ for _ in ()).throw(RuntimeError("msg \ud800")))
+    q.send("w")
+    drain(app)
+    assert reason(q) == "bad \\udc80 byte"
+    reason(q).encode("utf-8")
+
+
+def test_a_retry_that_cannot_be_re_put_is_held_not_looped(app: lilqueue.App) -> None:
+    app.settings.wire = "lilmuckers"  # carries only context['store']: the re-put fails to encode
+    q = app.queue("q", backoff=0)
+    runs: list[int] = []
+
+    @q.worker("w")
+    def w(task: lilqueue.Task) -> None:
+        runs.append(task.attempts)
+        task.context["locale"] = "fr"
+        raise RuntimeError("fail")
+
+    q.send("w")
+    runner = Runner(app, ["q"], burst=True, install_signal_handlers=False)
+    job = app.adapter.reserve(["q"], 0)
+    assert job is not None
+    runner._release = lambda job, task, delay: (_ for _ in ()).throw(TaskError("cannot re-encode"))  # type: ignore[method-assign]
+    runner.process(job)
+    assert runs == [1] and "could not retry this task" in reason(q) and "cannot re-encode" in reason(q)
+
+
+def test_a_job_whose_runs_never_finished_is_held_without_running(app: lilqueue.App) -> None:
+    q = app.queue("q", max_attempts=3)
+    runs: list[int] = []
+    q.worker("w")(lambda t: runs.append(t.attempts))
+    q.send("w", ttr=7)
+    job = app.adapter.reserve(["q"], 0)
+    assert job is not None
+    job.unfinished = 3
+    notes = {(job.queue, job.id): "killed by the watchdog after 7 s"}
+    runner = Runner(app, ["q"], install_signal_handlers=False, lapsed_note=lambda q, i: notes.get((q, i)))
+    runner.process(job)
+    assert runs == []
+    text = reason(q)
+    assert "ran past its ttr on 3 attempts without an outcome" in text
+    assert "last: killed by the watchdog after 7 s" in text and "--auto-touch" in text and "(now 7s)" in text
+
+
+def test_fewer_unfinished_runs_than_max_attempts_still_run(app: lilqueue.App) -> None:
+    q = app.queue("q", max_attempts=3)
+    runs: list[int] = []
+    q.worker("w")(lambda t: runs.append(t.attempts))
+    q.send("w")
+    job = app.adapter.reserve(["q"], 0)
+    assert job is not None
+    job.unfinished = 2
+    Runner(app, ["q"], install_signal_handlers=False).process(job)
+    assert runs == [1] and q.held() == []
+
+
+def test_lilqueue_failing_on_a_job_holds_it_and_the_worker_goes_on(app: lilqueue.App) -> None:
+    q = app.queue("q")
+    ran: list[str] = []
+    q.worker("w")(lambda t: ran.append(t.data["n"]))
+    q.send("w", {"n": "first"})
+    q.send("w", {"n": "second"})
+    runner = Runner(app, ["q"], burst=True, install_signal_handlers=False)
+    original = runner._task
+    calls = iter([RecursionError("boom"), None])
+
+    def flaky(*args: object) -> object:
+        error = next(calls)
+        if error is not None:
+            raise error
+        return original(*args)  # type: ignore[arg-type]
+
+    runner._task = flaky  # type: ignore[method-assign,assignment]
+    runner.run()
+    assert ran == ["second"] and "lilqueue could not process this task: RecursionError('boom')" in reason(q)
+
+
+@pytest.mark.parametrize("name", ["all", "a,b", "", " padded", "new\nline", "nul\x00", "lone\udc80"])
+def test_queue_names_no_worker_can_watch_are_refused(app: lilqueue.App, name: str) -> None:
+    with pytest.raises(ConfigError, match="cannot declare queue"):
+        app.queue(name)
+    with pytest.raises(TaskError, match="cannot add a task to queue"):
+        app.add_task(name, app.create_task("t"))
