@@ -222,7 +222,7 @@ class Runner:
             self._guarded(job)
             return
         if self.describe is not None:
-            self.describe(f"task id {job.id} on queue {job.queue} (ttr {job.ttr}s)")
+            self.describe(f"{job.queue}\t{job.id}\t?\t{job.ttr}")
         self._beat(time.monotonic() + job.ttr - WATCHDOG_MARGIN)
         try:
             self._guarded(job)
@@ -311,6 +311,8 @@ class Runner:
         task.id, task.envelope_id, task.queue = job.id, env.id, handler
         task.attempts = env.attempts + job.deliveries
         task.outcome = None
+        if self.describe is not None:
+            self.describe(f"{job.queue}\t{job.id}\t{env.task}\t{job.ttr}")
         task._toucher = self._touch
         self.current = (job, task)
         return task

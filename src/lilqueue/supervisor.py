@@ -30,7 +30,7 @@ import struct
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from types import FrameType
 from typing import TYPE_CHECKING
 
@@ -48,23 +48,73 @@ RESTART_CAP = 30.0
 HEALTHY_AFTER = 2.0  # a child that ran this long before dying restarts after the shortest pause
 TICK = 0.05
 _SLOT = struct.Struct("d")
+_LABEL = 512  # bytes of a runner's label
+_NOTE = 1024  # bytes of a watchdog note
+_NOTES = 64  # notes kept
 
 
 class Heartbeats:
-    """One deadline (monotonic seconds, 0 = idle) per runner, in memory shared across fork."""
+    """Memory shared across fork between the supervisor and its runners.
+
+    Per runner: a deadline (monotonic seconds, 0 = idle) and a label naming the running
+    task (queue, id, name, ttr). And a small ring of notes the watchdog leaves about the
+    jobs it stopped, read by whichever runner gets such a job next.
+    """
 
     def __init__(self, count: int) -> None:
         self.count = count
-        self.mem = mmap.mmap(-1, _SLOT.size * count)
+        self.labels = _SLOT.size * count
+        self.notes = self.labels + _LABEL * count
+        self.mem = mmap.mmap(-1, self.notes + _NOTE * _NOTES + _SLOT.size)
 
     def setter(self, slot: int) -> _Beat:
         return _Beat(self.mem, slot * _SLOT.size)
 
+    def describer(self, slot: int) -> Callable[[str], None]:
+        """Writes runner ``slot``'s label: ``queue\tid\tname\tttr``."""
+        offset = self.labels + slot * _LABEL
+
+        def describe(text: str) -> None:
+            self.mem[offset : offset + _LABEL] = _fixed(text, _LABEL)
+
+        return describe
+
     def get(self, slot: int) -> float:
         return float(_SLOT.unpack_from(self.mem, slot * _SLOT.size)[0])
 
+    def label(self, slot: int) -> list[str]:
+        offset = self.labels + slot * _LABEL
+        return _unfixed(self.mem[offset : offset + _LABEL]).split("\t")
+
     def clear(self, slot: int) -> None:
         _SLOT.pack_into(self.mem, slot * _SLOT.size, 0.0)
+
+    def leave_note(self, queue: str, id: str, note: str) -> None:
+        """Remember, for the next runner that reserves job ``id``, what happened to it."""
+        end = self.notes + _NOTE * _NOTES
+        index = int(_SLOT.unpack_from(self.mem, end)[0])
+        offset = self.notes + (index % _NOTES) * _NOTE
+        self.mem[offset : offset + _NOTE] = _fixed(f"{queue}\t{id}\t{note}", _NOTE)
+        _SLOT.pack_into(self.mem, end, float(index + 1))
+
+    def note(self, queue: str, id: str) -> str | None:
+        """The latest note left about job ``id`` of ``queue``, if any."""
+        found = None
+        for i in range(_NOTES):
+            offset = self.notes + i * _NOTE
+            parts = _unfixed(self.mem[offset : offset + _NOTE]).split("\t", 2)
+            if len(parts) == 3 and parts[0] == queue and parts[1] == id:
+                found = parts[2]
+        return found
+
+
+def _fixed(text: str, size: int) -> bytes:
+    data = text.encode("utf-8", "backslashreplace")[: size - 1]
+    return data + b"\0" * (size - len(data))
+
+
+def _unfixed(data: bytes) -> str:
+    return data.split(b"\0", 1)[0].decode("utf-8", "replace")
 
 
 class _Beat:
@@ -198,14 +248,24 @@ class Supervisor:
             for t in range(self.threads):
                 deadline = self.beats.get(slot * self.threads + t)
                 if deadline and now > deadline:
-                    log.error(
-                        "worker process %d: a task ran past its ttr without touching; killing the process "
-                        "(the task comes back when its lease lapses)", pid, extra={"pid": pid},
-                    )  # fmt: skip
+                    self._kill_overdue(pid, slot * self.threads + t)
                     self.watchdog_killed.add(slot)
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGKILL)
                     break
+
+    def _kill_overdue(self, pid: int, runner: int) -> None:
+        queue, id, name, ttr = (self.beats.label(runner) + ["?"] * 4)[:4]
+        fields = {"pid": pid, "queue": queue, "task_id": id, "task_name": name}
+        message = f"task {name} (id {id}, queue {queue}) ran past its ttr of {ttr}s without touching"
+        log.error(
+            "worker process %d: %s; killing the process (the task comes back when its lease lapses)",
+            pid,
+            message,
+            extra=fields,
+        )
+        when = time.strftime("%Y-%m-%d %H:%M:%S")
+        self.beats.leave_note(queue, id, f"killed by the watchdog after {ttr} s (its ttr) at {when}")
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self.signals += 1
@@ -255,6 +315,7 @@ class Supervisor:
                 self.app, self.queues, burst=self.burst, max_tasks=self.max_tasks, max_memory=self.max_memory,
                 install_signal_handlers=(t == 0), auto_touch=self.auto_touch, reconnect_for=self.reconnect_for,
                 heartbeat=self.beats.setter(slot * self.threads + t),
+                describe=self.beats.describer(slot * self.threads + t), lapsed_note=self.beats.note,
             )
             for t in range(self.threads)
         ]  # fmt: skip

@@ -7,6 +7,7 @@ lines from several processes never interleave.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 
@@ -42,6 +43,14 @@ def sleep(task: lilqueue.Task) -> None:
         time.sleep(min(left, 1.0))
         if task.data.get("touch"):
             task.touch()
+    record(task, "done")
+
+
+@jobs.worker("async_sleep")
+async def async_sleep(task: lilqueue.Task) -> None:
+    """An ``async def`` worker: awaits ``data["seconds"]`` of sleep."""
+    record(task, "start")
+    await asyncio.sleep(float(task.data.get("seconds", 1)))
     record(task, "done")
 
 
