@@ -6,6 +6,7 @@ import datetime as dt
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
@@ -15,7 +16,7 @@ import click
 from lilqueue.adapters.base import QueueStats
 from lilqueue.app import App
 from lilqueue.config import import_path
-from lilqueue.errors import LilqueueError
+from lilqueue.errors import ConfigError, LilqueueError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}
 LOG_FORMATS = ("text", "json")
@@ -55,10 +56,23 @@ def load_app(config: str | None, app_path: str | None, backend: str | None) -> A
         return App(settings=settings)
     obj = import_path(path, "--app" if app_path else "app")
     if callable(obj) and not isinstance(obj, App):
-        obj = obj()
+        obj = _call_factory(path, obj)
     if not isinstance(obj, App):
-        raise LilqueueError(f"--app {path!r} is a {type(obj).__name__}, not a lilqueue.App")
+        raise ConfigError(f"--app {path!r} is a {type(obj).__name__}, not a lilqueue.App")
     return obj
+
+
+def _call_factory(path: str, factory: Callable[[], object]) -> object:
+    """``--app module:make_app``: call it with no arguments for the App."""
+    try:
+        return factory()
+    except LilqueueError:
+        raise
+    except Exception as exc:  # the user's code, or not a factory at all
+        raise ConfigError(
+            f"--app {path!r} is not a lilqueue.App, and calling it as a factory with no arguments "
+            f"failed: {type(exc).__name__}: {exc}"
+        ) from exc
 
 
 def fail_cleanly(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -329,7 +343,7 @@ def _names(queues: str) -> list[str]:
 
 @main.command()
 @click.argument("queue")
-@click.option("--limit", type=click.IntRange(1), default=100, help="At most this many.")
+@click.option("--limit", type=click.IntRange(1, 2**31 - 1), default=100, help="At most this many.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_obj
 @fail_cleanly
@@ -337,28 +351,57 @@ def held(obj: Context, queue: str, limit: int = 100, as_json: bool = False) -> N
     """The held tasks of QUEUE, with id, name, reason and when."""
     tasks = _handler(obj.app, queue).held(limit)
     if as_json:
-        click.echo(json.dumps([t.as_dict() for t in tasks], indent=2, default=str))
+        click.echo(_json([t.as_dict() for t in tasks]))
         return
     if not tasks:
         click.echo(f"no held tasks in {queue!r}")
     for t in tasks:
-        when = dt.datetime.fromtimestamp(t.held_at).isoformat(sep=" ", timespec="seconds") if t.held_at else "unknown"
-        name = t.task if t.task is not None else f"<not a task: {t.body[:60]!r}>"
-        click.echo(f"{t.id}  {name}  held {when}")
+        name = _printable(t.task) if t.task is not None else f"<not a task: {t.body[:60]!r}>"
+        click.echo(f"{_printable(t.id)}  {name}  held {_when(t.held_at)}")
         for line in (t.reason or "no reason given").rstrip().splitlines():
-            click.echo(f"    {line}")
+            click.echo(f"    {_printable(line)}")
+
+
+def _when(held_at: float | None) -> str:
+    try:
+        return dt.datetime.fromtimestamp(held_at).isoformat(sep=" ", timespec="seconds") if held_at else "unknown"
+    except (OverflowError, OSError, ValueError):
+        return f"unknown ({held_at!r})"
+
+
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+
+
+def _printable(text: str) -> str:
+    """``text`` with control characters, line separators and lone surrogates escaped,
+    so a value from a queue can neither forge a line nor stop the listing."""
+    return _UNPRINTABLE.sub(lambda m: repr(m.group())[1:-1], text)
+
+
+def _json(value: object) -> str:
+    """Indented JSON where it can be; compact where nesting is too deep for the indenter."""
+    try:
+        return json.dumps(value, indent=2, default=str)
+    except RecursionError:
+        return json.dumps(value, default=str)
 
 
 def _handler(app: App, queue: str) -> Any:
     """The declared handler, or an ad-hoc one for an undeclared queue (operators may not have --app)."""
     from lilqueue.handler import QueueHandler
 
-    return app.queues.get(queue) or QueueHandler(app, queue)
+    declared = app.queues.get(queue)
+    if declared is not None:
+        return declared
+    problem = app.queue_name_problem(queue)
+    if problem is not None:
+        raise ConfigError(f"queue {queue!r}: {problem}")
+    return QueueHandler(app, queue)
 
 
 @main.command()
 @click.argument("queue")
-@click.argument("count", type=click.IntRange(1), default=1)
+@click.argument("count", type=click.IntRange(1, 2**31 - 1), default=1)
 @click.option("--id", "task_id", help="Kick only this task.")
 @click.pass_obj
 @fail_cleanly
