@@ -167,23 +167,28 @@ def test_garbage_written_straight_into_the_keys_is_held_with_a_reason(url: str, 
     q = queue.backend_name
     client.hset(f"{q}:job:900", mapping={"body": b"\xff not json", "pri": 5, "ttr": 60, "n": 0})
     client.zadd(f"{q}:ready", {"0000000000000900": 5})
-    client.zadd(f"{q}:ready", {"hello": 1})  # an entry without a task record
+    client.zadd(f"{q}:ready", {"hello": 1})  # an entry that is not a task id
     client.zadd(f"{q}:delayed", {"902": 0})  # a due delayed entry without a task record
-    # A PHP/Lilmuckers client's payload with nonsense priority and ttr fields: it runs.
+    # A PHP/Lilmuckers client's payload with nonsense priority and ttr fields: held, then kicked, it runs.
     body = b'{"task":"echo","store":"default","data":{"i":903}}'
     client.hset(f"{q}:job:903", mapping={"body": body, "pri": "soon", "ttr": "later", "n": "x"})
     client.zadd(f"{q}:ready", {"0000000000000903": 7})
     client.rpush(f"{q}:wake", "not a token")
     try:
         app.watch([queue.name], burst=True, install_signal_handlers=False)
-        assert ran == [{"i": 903}]
+        assert ran == []
         held = {h.id: h for h in queue.held()}
-        assert set(held) == {"900", "hello", "902"}
+        assert len(held) == 4 and {"900", "902", "903"} < set(held)
         assert "rejected" in (held["900"].reason or "") and held["900"].body == b"\xff not json"
-        assert "no task record" in (held["hello"].reason or "")
         assert "no task record" in (held["902"].reason or "")
+        (new,) = set(held) - {"900", "902", "903"}  # "hello" is held under a fresh id
+        assert "'hello'" in (held[new].reason or "") and "not a task id" in (held[new].reason or "")
+        assert all(f"{word} '{text}'" in (held["903"].reason or "") for word, text in [("pri", "soon"), ("ttr", "later")])
+        assert queue.kick_id("903")
+        app.watch([queue.name], burst=True, install_signal_handlers=False)
+        assert ran == [{"i": 903}]
         assert queue.stats().as_dict() == {"ready": 0, "delayed": 0, "reserved": 0, "held": 3}
-        assert queue.delete("hello") and queue.stats().held == 2
+        assert queue.delete(new) and queue.stats().held == 2
     finally:
         app.close()
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import select
 import socket
 import time
@@ -62,6 +63,7 @@ _MSG_MORE: int = getattr(socket, "MSG_MORE", 0)
 _MAX_PENDING = 64
 
 _LIB = """
+local MAX = 4294967295
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
@@ -72,42 +74,151 @@ local function unpad(member)
   if id == '' then return '0' end
   return id
 end
+local function int(x) return string.format('%d', x) end
+-- the whole number lo <= x <= MAX a field holds, or nil (missing, 'nan', 'inf', '1.5', 'x', an error)
+local function whole(text, lo)
+  local x = tonumber(text)
+  if x == nil or x ~= x or x < lo or x > MAX or x ~= math.floor(x) then return nil end
+  return x
+end
+local function quote(text) return "'" .. string.sub(tostring(text), 1, 40) .. "'" end
+-- why lilqueue cannot use `key` as a `want` ('zset'), or nil; read before any write
+local function misfit(key, want)
+  local kind = redis.call('TYPE', key).ok
+  if kind == want or kind == 'none' then return nil end
+  return 'lilqueue: ' .. key .. ' is a ' .. kind .. ', not a ' .. want .. '; remove or rename it to use this queue'
+end
+local function misfits(q, sets)
+  for _, set in ipairs(sets) do
+    local why = misfit(q .. set, 'zset')
+    if why then return why end
+  end
+  return nil
+end
 local function wake(q)
-  if redis.call('LLEN', q .. ':wake') == 0 then redis.call('RPUSH', q .. ':wake', '1') end
+  local key = q .. ':wake'
+  local n = redis.pcall('LLEN', key)
+  if type(n) ~= 'number' then
+    redis.call('DEL', key)  -- a wake list holds nothing but tokens: another type there is junk
+    n = 0
+  end
+  if n == 0 then redis.call('RPUSH', key, '1') end
 end
 local function make_ready(q, id)
-  local pri = tonumber(redis.call('HGET', q .. ':job:' .. id, 'pri')) or 1024
+  local pri = whole(redis.pcall('HGET', q .. ':job:' .. id, 'pri'), 0) or 1024
   redis.call('ZADD', q .. ':ready', pri, pad(id))
 end
-local function requeue(q, set, now)
-  local ids = redis.call('ZRANGEBYSCORE', q .. set, '-inf', now, 'LIMIT', 0, 1000)
-  for _, id in ipairs(ids) do
-    redis.call('ZREM', q .. set, id)
-    make_ready(q, id)
-  end
-end
+-- move due delays and lapsed leases to ready; why not, if a key of q is not a sorted set
 local function promote(q, now)
-  requeue(q, ':delayed', now)
-  requeue(q, ':reserved', now)
+  local why = misfits(q, {':ready', ':held'})
+  if why then return why end
+  local moves = {}
+  for _, set in ipairs({':delayed', ':reserved'}) do
+    local ids = redis.pcall('ZRANGEBYSCORE', q .. set, '-inf', now, 'LIMIT', 0, 1000)
+    if ids.err then return misfit(q .. set, 'zset') or ids.err end
+    moves[set] = ids
+  end
+  for set, ids in pairs(moves) do
+    for _, id in ipairs(ids) do
+      redis.call('ZREM', q .. set, id)
+      make_ready(q, id)
+    end
+  end
+  return nil
 end
--- the task's key if the caller still holds it: not handed out since (n), not held or deleted
+-- a fresh task id of q whose key is free, or nil and why
+local function new_id(q)
+  for _ = 1, 100 do
+    local id = redis.pcall('INCR', q .. ':seq')
+    if type(id) ~= 'number' then return nil, 'lilqueue: ' .. q .. ':seq is not a task counter: ' .. id.err end
+    id = int(id)
+    if redis.call('EXISTS', q .. ':job:' .. id) == 0 then return id end
+  end
+  return nil, 'lilqueue: the next 100 task ids of ' .. q .. ' are all taken by keys lilqueue did not write'
+end
+-- the task's key and its n, u, ttr if the caller still holds it (handed out as `receipt`, not finished since)
 local function owned(q, id, receipt)
   local key = q .. ':job:' .. id
-  if redis.call('HGET', key, 'n') ~= receipt then return nil end
+  local f = redis.pcall('HMGET', key, 'n', 'u', 'ttr')
+  if f.err or f[1] ~= receipt then return nil end
   if redis.call('ZREM', q .. ':reserved', id) == 0 and redis.call('ZREM', q .. ':ready', pad(id)) == 0 then
     return nil
   end
-  return key
+  return key, f
 end
+-- deliveries so far (n less the unreserved ones), from owned()'s fields
+local function delivered(f) return math.max((whole(f[1], 0) or 0) - (whole(f[2], 0) or 0), 0) end
 local function hold(q, id, reason, now)
   redis.call('HSET', q .. ':job:' .. id, 'reason', reason, 'at', string.format('%.3f', now / 1000))
   redis.call('ZADD', q .. ':held', now, id)
 end
 """
 
+# Holding what the take script cannot lease; every write here follows checks that make it succeed.
+_TAKE_HOLDS = """
+-- hold a new record (a fresh id) for an entry with no usable key; nil, or why not
+local function hold_new(q, body, reason, now)
+  local id, why = new_id(q)
+  if id == nil then return why end
+  redis.call('HSET', q .. ':job:' .. id, 'body', body, 'pri', 1024, 'ttr', 60, 'n', 0)
+  hold(q, id, reason, now)
+  return nil
+end
+-- hold the entry whose key is not a hash: a string becomes the body; other types are left alone
+local function hold_odd(q, id, member, score, now)
+  local key = q .. ':job:' .. id
+  local kind = redis.call('TYPE', key).ok
+  local entry = ' (the entry ' .. quote(member) .. ' of ' .. q .. ':ready)'
+  if kind ~= 'string' then
+    return hold_new(q, '', key .. ' is a ' .. kind .. ', not a task hash; it was left as it is' .. entry, now)
+  end
+  local body = redis.call('GET', key)
+  redis.call('DEL', key)
+  redis.call('HSET', key, 'body', body, 'pri', whole(score, 0) or 1024, 'ttr', 60, 'n', 0)
+  hold(q, id, key .. ' was a string, not a task hash; its value is kept as the body' .. entry, now)
+  return nil
+end
+-- the values to lease a record with (bad or missing ones replaced) and what was wrong, if anything
+local function check(f, score)
+  local bad, v = {}, {}
+  local specs = {{'pri', 2, 0, whole(score, 0) or false}, {'ttr', 3, 1, 60}, {'n', 4, 0, 0}, {'u', 5, 0, 0},
+    {'s', 6, 0, 0}}
+  for _, spec in ipairs(specs) do
+    local name, text, default = spec[1], f[spec[2]], spec[4]
+    v[name] = whole(text, spec[3])
+    if v[name] == nil and (text or not default) then
+      table.insert(bad, name .. ' ' .. (text and quote(text) or 'missing') .. ' is not a whole number in range')
+    end
+    v[name] = v[name] or default or 1024
+  end
+  if not f[1] then table.insert(bad, 'no body field') end
+  if v.u > v.n then
+    table.insert(bad, 'u ' .. int(v.u) .. ' is more than n ' .. int(v.n))
+    v.u = 0
+  end
+  if v.s > v.n - v.u then
+    table.insert(bad, 's ' .. int(v.s) .. ' is more than n - u')
+    v.s = v.n - v.u
+  end
+  if #bad == 0 then return v, nil end
+  return v, table.concat(bad, '; ')
+end
+local function hold_bad(q, id, key, v, body, problems, now)
+  redis.call('HSET', key, 'body', body or '', 'pri', int(v.pri), 'ttr', int(v.ttr), 'n', int(v.n), 'u', int(v.u),
+    's', int(v.s))
+  hold(q, id, 'lilqueue could not use the task record ' .. key .. ': ' .. problems ..
+    ' (now replaced by safe values; kick it to run it with them)', now)
+end
+"""
+
 _PUT = """
 local q, delay = ARGV[1], tonumber(ARGV[4])
-local id = string.format('%d', redis.call('INCR', q .. ':seq'))
+local set = ':ready'
+if delay > 0 then set = ':delayed' end
+local why = misfit(q .. set, 'zset')
+if why then return redis.error_reply(why) end
+local id, full = new_id(q)
+if id == nil then return redis.error_reply(full) end
 redis.call('HSET', q .. ':job:' .. id, 'body', ARGV[2], 'pri', ARGV[3], 'ttr', ARGV[5], 'n', 0)
 if delay > 0 then
   redis.call('ZADD', q .. ':delayed', now_ms() + delay, id)
@@ -118,53 +229,89 @@ wake(q)
 return id
 """
 
-_TAKE = """
-local now = now_ms()
-for _, q in ipairs(ARGV) do promote(q, now) end
-while true do
-  local best, bestq, bestpri
-  if #ARGV == 1 then
-    local top = redis.call('ZPOPMIN', ARGV[1] .. ':ready')
-    if top[1] then best, bestq, bestpri = top[1], 1, tonumber(top[2]) end
-  else
-    for i, q in ipairs(ARGV) do
-      local top = redis.call('ZRANGE', q .. ':ready', 0, 0, 'WITHSCORES')
-      if top[1] and (best == nil or tonumber(top[2]) < bestpri) then
-        best, bestq, bestpri = top[1], i, tonumber(top[2])
+_TAKE = (
+    _TAKE_HOLDS
+    + """
+-- lease the popped entry of ARGV[i]: the reply, or nil when it was held instead; or nil and why not
+local function lease(i, member, score, now)
+  local q = ARGV[i]
+  local id = unpad(member)
+  if not string.find(id, '^%d+$') then
+    return nil, hold_new(q, '', 'the entry ' .. quote(member) .. ' of ' .. q .. ':ready is not a task id', now)
+  end
+  local key = q .. ':job:' .. id
+  local f = redis.pcall('HMGET', key, 'body', 'pri', 'ttr', 'n', 'u', 's')
+  if f.err then return nil, hold_odd(q, id, member, score, now) end
+  if not f[1] and redis.call('EXISTS', key) == 0 then
+    redis.call('HSET', key, 'body', '', 'pri', whole(score, 0) or 1024, 'ttr', 60, 'n', 0)
+    hold(q, id, 'no task record ' .. key .. ' for the entry ' .. quote(member) .. ' of ' .. q .. ':ready', now)
+    return nil, nil
+  end
+  local v, problems = check(f, score)
+  if problems then
+    hold_bad(q, id, key, v, f[1], problems, now)
+    return nil, nil
+  end
+  local n = v.n + 1
+  redis.call('HSET', key, 'n', int(n))
+  redis.call('ZADD', q .. ':reserved', now + v.ttr * 1000, id)
+  if redis.pcall('LLEN', q .. ':wake') == 0 and redis.call('EXISTS', q .. ':ready') == 1 then
+    redis.call('RPUSH', q .. ':wake', '1')  -- more is ready: pass a token on to the next idle worker
+  end
+  return string.format('%d %s %d %d %d %d %d\\n', i, id, v.pri, v.ttr, n - v.u, n - v.u - 1 - v.s, n) .. f[1]
+end
+-- the most urgent ready entry of the usable queues, removed from ready: index, member, score
+local function pop(usable)
+  if #usable == 1 then
+    local top = redis.call('ZPOPMIN', ARGV[usable[1]] .. ':ready')
+    if top[1] then return usable[1], top[1], tonumber(top[2]) end
+    return nil
+  end
+  local best, member, score
+  for _, i in ipairs(usable) do
+    local top = redis.call('ZRANGE', ARGV[i] .. ':ready', 0, 0, 'WITHSCORES')
+    if top[1] and (best == nil or tonumber(top[2]) < score) then
+      best, member, score = i, top[1], tonumber(top[2])
+    end
+  end
+  if best then redis.call('ZREM', ARGV[best] .. ':ready', member) end
+  return best, member, score
+end
+local function next_due(usable, now)
+  local due = -1
+  for _, i in ipairs(usable) do
+    for _, set in ipairs({':delayed', ':reserved'}) do
+      local first = redis.call('ZRANGE', ARGV[i] .. set, 0, 0, 'WITHSCORES')
+      if first[2] then
+        local wait = math.min(math.max(math.ceil(tonumber(first[2]) - now), 0), 3600000)
+        if due < 0 or wait < due then due = wait end
       end
     end
-    if best then redis.call('ZREM', ARGV[bestq] .. ':ready', best) end
   end
-  if best == nil then break end
-  local q = ARGV[bestq]
-  local id = unpad(best)
-  local key = q .. ':job:' .. id
-  local f = redis.call('HMGET', key, 'body', 'ttr', 'n')
-  if f[1] then
-    local n = math.floor(tonumber(f[3]) or 0) + 1
-    redis.call('HSET', key, 'n', n)
-    local ttr = math.max(math.floor(tonumber(f[2]) or 60), 1)
-    redis.call('ZADD', q .. ':reserved', now + ttr * 1000, id)
-    if redis.call('LLEN', q .. ':wake') == 0 and redis.call('EXISTS', q .. ':ready') == 1 then
-      redis.call('RPUSH', q .. ':wake', '1')
-    end
-    return string.format('%d %s %d %d %d\\n', bestq, id, bestpri, ttr, n) .. f[1]
-  end
-  redis.call('HSET', key, 'body', '', 'pri', bestpri, 'ttr', 60, 'n', 0)
-  hold(q, id, 'no task record ' .. key .. ' for the entry ' .. best .. ' of ' .. q .. ':ready', now)
+  return due
 end
-local next_due = -1
-for _, q in ipairs(ARGV) do
-  for _, set in ipairs({':delayed', ':reserved'}) do
-    local first = redis.call('ZRANGE', q .. set, 0, 0, 'WITHSCORES')
-    if first[2] then
-      local due = math.max(math.ceil(tonumber(first[2]) - now), 0)
-      if next_due < 0 or due < next_due then next_due = due end
-    end
+
+local now = now_ms()
+local usable, broken = {}, {}
+for i, q in ipairs(ARGV) do
+  local why = promote(q, now)
+  if why then table.insert(broken, why) else table.insert(usable, i) end
+end
+while #usable > 0 do
+  local i, member, score = pop(usable)
+  if i == nil then break end
+  local reply, why = lease(i, member, score, now)
+  if reply then return reply end
+  if why then
+    redis.call('ZADD', ARGV[i] .. ':ready', score, member)  -- put back as it was: nothing changed
+    return redis.error_reply(why)
   end
 end
-return next_due
+if #usable == 0 then return redis.error_reply(table.concat(broken, '; ')) end
+if #broken > 0 then return {next_due(usable, now), table.concat(broken, '; ')} end
+return next_due(usable, now)
 """
+)
 
 _DELETE = """
 local key = owned(ARGV[1], ARGV[2], ARGV[3])
@@ -175,9 +322,17 @@ return 1
 
 _RELEASE = """
 local q, id, pri, delay = ARGV[1], ARGV[2], ARGV[4], tonumber(ARGV[5])
-local key = owned(q, id, ARGV[3])
+local set = ':ready'
+if delay > 0 then set = ':delayed' end
+local why = misfit(q .. set, 'zset')
+if why then return redis.error_reply(why) end
+local key, f = owned(q, id, ARGV[3])
 if key == nil then return 0 end
-redis.call('HSET', key, 'pri', pri)
+if ARGV[6] == 'unstarted' then
+  redis.call('HSET', key, 'pri', pri, 'u', int((whole(f[2], 0) or 0) + 1))
+else
+  redis.call('HSET', key, 'pri', pri, 's', int(delivered(f)))
+end
 if delay > 0 then
   redis.call('ZADD', q .. ':delayed', now_ms() + delay, id)
 else
@@ -189,22 +344,27 @@ return 1
 
 _BURY = """
 local q, id = ARGV[1], ARGV[2]
-if owned(q, id, ARGV[3]) == nil then return 0 end
+local why = misfit(q .. ':held', 'zset')
+if why then return redis.error_reply(why) end
+local key, f = owned(q, id, ARGV[3])
+if key == nil then return 0 end
+redis.call('HSET', key, 's', int(delivered(f)))
 hold(q, id, ARGV[4], now_ms())
 return 1
 """
 
 _TOUCH = """
 local q, id = ARGV[1], ARGV[2]
-local key = owned(q, id, ARGV[3])
+local key, f = owned(q, id, ARGV[3])
 if key == nil then return 0 end
-local ttr = math.max(math.floor(tonumber(redis.call('HGET', key, 'ttr')) or 60), 1)
-redis.call('ZADD', q .. ':reserved', now_ms() + ttr * 1000, id)
+redis.call('ZADD', q .. ':reserved', now_ms() + (whole(f[3], 1) or 60) * 1000, id)
 return 1
 """
 
 _KICK = """
 local q, count = ARGV[1], tonumber(ARGV[2])
+local why = misfits(q, {':held', ':ready'})
+if why then return redis.error_reply(why) end
 local ids = {}
 if ARGV[3] then
   if redis.call('ZSCORE', q .. ':held', ARGV[3]) then ids = {ARGV[3]} end
@@ -212,8 +372,14 @@ elseif count > 0 then
   ids = redis.call('ZRANGE', q .. ':held', 0, count - 1)
 end
 for _, id in ipairs(ids) do
+  local key = q .. ':job:' .. id
+  local f = redis.pcall('HMGET', key, 'n', 'u')
   redis.call('ZREM', q .. ':held', id)
-  redis.call('HDEL', q .. ':job:' .. id, 'reason', 'at')
+  if not f.err then
+    redis.call('HDEL', key, 'reason', 'at')
+    local n, u = whole(f[1], 0), whole(f[2], 0) or 0
+    if n and u <= n then redis.call('HSET', key, 's', int(n - u)) end
+  end
   make_ready(q, id)
 end
 if #ids > 0 then wake(q) end
@@ -222,18 +388,25 @@ return #ids
 
 _DELETE_ID = """
 local q, id = ARGV[1], ARGV[2]
+local why = misfits(q, {':ready', ':delayed', ':reserved', ':held'})
+if why then return redis.error_reply(why) end
 local lease = redis.call('ZSCORE', q .. ':reserved', id)
 if lease and tonumber(lease) > now_ms() then return 0 end
 local found = redis.call('ZREM', q .. ':ready', pad(id)) + redis.call('ZREM', q .. ':delayed', id)
   + redis.call('ZREM', q .. ':held', id) + redis.call('ZREM', q .. ':reserved', id)
+if found == 0 then return 0 end
 return found + redis.call('DEL', q .. ':job:' .. id)
 """
 
 _HELD = """
 local q = ARGV[1]
+local why = misfit(q .. ':held', 'zset')
+if why then return redis.error_reply(why) end
 local out = {}
 for _, id in ipairs(redis.call('ZRANGE', q .. ':held', 0, tonumber(ARGV[2]) - 1)) do
-  local f = redis.call('HMGET', q .. ':job:' .. id, 'body', 'reason', 'at')
+  local key = q .. ':job:' .. id
+  local f = redis.pcall('HMGET', key, 'body', 'reason', 'at')
+  if f.err then f = {'', key .. ' is a ' .. redis.call('TYPE', key).ok .. ', not a task hash', ''} end
   table.insert(out, {id, f[1] or '', f[2] or '', f[3] or ''})
 end
 return out
@@ -241,23 +414,35 @@ return out
 
 _PEEK = """
 local q, state = ARGV[1], ARGV[2]
-promote(q, now_ms())
+local why = promote(q, now_ms()) or misfit(q .. ':' .. state, 'zset')
+if why then return redis.error_reply(why) end
 local first = redis.call('ZRANGE', q .. ':' .. state, 0, 0)[1]
 if not first then return 0 end
 local id = first
 if state == 'ready' then id = unpad(first) end
-local f = redis.call('HMGET', q .. ':job:' .. id, 'body', 'pri')
-return {id, f[1] or '', tonumber(f[2]) or -1}
+local f = redis.pcall('HMGET', q .. ':job:' .. id, 'body', 'pri')
+if f.err then f = {} end
+return {id, f[1] or '', whole(f[2], 0) or -1}
 """
 
 _STATS = """
 local q = ARGV[1]
-promote(q, now_ms())
+local why = promote(q, now_ms())
+if why then return redis.error_reply(why) end
 local out = {}
 for _, set in ipairs({':ready', ':delayed', ':reserved', ':held'}) do
   table.insert(out, redis.call('ZCARD', q .. set))
 end
 return out
+"""
+
+_FIX_WAKE = """
+local fixed = 0
+for _, q in ipairs(ARGV) do
+  local kind = redis.call('TYPE', q .. ':wake').ok
+  if kind ~= 'list' and kind ~= 'none' then fixed = fixed + redis.call('DEL', q .. ':wake') end
+end
+return fixed
 """
 
 
@@ -276,7 +461,7 @@ class _Script:
 PUT, TAKE, DELETE = _Script("put", _PUT), _Script("take", _TAKE), _Script("delete", _DELETE)
 RELEASE, BURY, TOUCH = _Script("release", _RELEASE), _Script("bury", _BURY), _Script("touch", _TOUCH)
 KICK, DELETE_ID, HELD = _Script("kick", _KICK), _Script("delete_id", _DELETE_ID), _Script("held", _HELD)
-PEEK, STATS = _Script("peek", _PEEK), _Script("stats", _STATS)
+PEEK, STATS, FIX_WAKE = _Script("peek", _PEEK), _Script("stats", _STATS), _Script("fix_wake", _FIX_WAKE)
 
 
 class _Link:
@@ -414,9 +599,14 @@ _OPTIONS = {
     "password": str,
     "protocol": int,
     "connect_timeout": float,
-    "timeout": float,
+    "io_timeout": float,
+    "timeout": float,  # the name io_timeout had before: still accepted
     "pipeline_acks": bool,
 }
+#: the seconds options: finite and above zero
+_SECONDS = ("connect_timeout", "io_timeout", "timeout")
+#: seconds between two warnings about the same queue whose keys lilqueue cannot use
+_WARN_EVERY = 60.0
 
 
 class RedisAdapter(Adapter):
@@ -442,15 +632,16 @@ class RedisAdapter(Adapter):
         username: str | None = None,
         password: str | None = None,
         protocol: int = 3,
-        connect_timeout: float = 5.0,
-        timeout: float = 30.0,
+        connect_timeout: float = 3.0,
+        io_timeout: float = 5.0,
         pipeline_acks: bool = True,
     ) -> None:
         self.where = f"redis://{host}:{port}/{db}"
-        self.timeout = timeout
+        self.timeout = io_timeout
         self.pipeline_acks = pipeline_acks
         self._pending: list[tuple[_Script, tuple[Any, ...]]] = []
         self._takes: dict[tuple[str, ...], bytes] = {}
+        self._warned: dict[str, float] = {}
         # One connection, driven command by command: a pipelined ack's reply is read later.
         conn = redis.Connection(  # type: ignore[no-untyped-call]
             host=host,
@@ -460,9 +651,9 @@ class RedisAdapter(Adapter):
             password=password,
             protocol=protocol,
             socket_connect_timeout=connect_timeout,
-            socket_timeout=timeout,
+            socket_timeout=io_timeout,
         )
-        self._link = _Link(conn, timeout)
+        self._link = _Link(conn, io_timeout)
 
     @classmethod
     def from_config(cls, url: str | None, options: Mapping[str, Any]) -> RedisAdapter:
@@ -472,6 +663,10 @@ class RedisAdapter(Adapter):
         kwargs = {key: _option(key, value) for key, value in values.items()}
         if kwargs.get("protocol", 3) not in (2, 3):
             raise ConfigError(f"queue.redis.protocol: must be 2 or 3, not {kwargs['protocol']!r}")
+        if not 0 < kwargs.get("port", 6379) < 65536:
+            raise ConfigError(f"queue.redis.port: must be a port number 1-65535, not {kwargs['port']!r}")
+        if "timeout" in kwargs:
+            kwargs.setdefault("io_timeout", kwargs.pop("timeout"))
         return cls(**kwargs)
 
     # -- the hot path --------------------------------------------------------------
@@ -486,20 +681,34 @@ class RedisAdapter(Adapter):
         names = tuple(queues)
         take = self._takes.get(names) or self._take_request(names)
         reply = self._call(TAKE, *names, request=take)
-        while not isinstance(reply, bytes):  # else b"INDEX ID PRIORITY TTR DELIVERIES\nBODY"
+        while not isinstance(reply, bytes):  # else b"INDEX ID PRIORITY TTR DELIVERIES UNFINISHED N\nBODY"
+            due = self._next_due(reply)
             left = deadline - time.monotonic()
             if left <= 0:
                 return None
-            wait = left if int(reply) < 0 else min(left, int(reply) / 1000)
+            wait = left if due < 0 else min(left, due / 1000)
             if wait >= _MIN_BLOCK:
                 reply = self._block_then_take(names, take, wait)
             else:
                 time.sleep(wait)  # a delay or lease is due within a few ms
                 reply = self._call(TAKE, *names, request=take)
         head, _, body = reply.partition(b"\n")
-        index, id, priority, ttr, deliveries = head.split()
-        return Job(id.decode(), queues[int(index) - 1], body, int(priority), int(ttr),
-                   int(deliveries), deliveries.decode())  # fmt: skip
+        index, id, priority, ttr, deliveries, unfinished, n = head.split()
+        queue = queues[int(index) - 1]
+        return Job(id.decode(), queue, body, int(priority), int(ttr), int(deliveries), n.decode(), int(unfinished))
+
+    def _next_due(self, reply: Any) -> int:
+        """Milliseconds to the next due delay or lease (-1: none) from a take that found nothing;
+        the take also names the watched queues whose keys it cannot use: warn of those."""
+        if not isinstance(reply, list):
+            return int(reply)
+        due, problem = reply
+        now = time.monotonic()
+        text = _text(problem)
+        if now - self._warned.get(text, -_WARN_EVERY) >= _WARN_EVERY:
+            self._warned[text] = now
+            log.warning("Redis %s: skipping queues: %s", self.where, text)
+        return int(due)
 
     def _take_request(self, names: tuple[str, ...]) -> bytes:
         """The take script's request for these queues (the same bytes every time: kept)."""
@@ -518,11 +727,19 @@ class RedisAdapter(Adapter):
         blpop = _pack((b"BLPOP",), (*(f"{q}:wake" for q in queues), f"{wait:.3f}"))
         try:
             self._link.send(blpop + take)
-            self._link.read(timeout=wait + self.timeout)
             try:
-                return self._link.read()
+                self._link.read(timeout=wait + self.timeout)
+                junk = False
+            except rex.ResponseError:  # a wake key of another type; the take's reply still comes
+                junk = True
+            try:
+                reply = self._link.read()
             except rex.NoScriptError:
-                return self._eval(TAKE, queues)
+                reply = self._eval(TAKE, queues)
+            if junk:
+                fixed = self._eval(FIX_WAKE, queues)
+                log.warning("Redis %s: removed %s wake keys of another type", self.where, fixed)
+            return reply
         except rex.RedisError as exc:
             raise self._translate(exc, "reserve") from exc
 
@@ -541,6 +758,10 @@ class RedisAdapter(Adapter):
 
     def release(self, job: Job, *, priority: int, delay: float) -> None:
         self._call(RELEASE, job.queue, job.id, job.receipt, priority, delay * 1000 if delay > 0 else 0)
+
+    def unreserve(self, job: Job) -> None:
+        """Back to ready with its priority; the release script counts this delivery as never made."""
+        self._call(RELEASE, job.queue, job.id, job.receipt, job.priority, 0, "unstarted")
 
     def bury(self, job: Job, *, reason: str) -> None:
         self._call(BURY, job.queue, job.id, job.receipt, reason)
@@ -562,11 +783,7 @@ class RedisAdapter(Adapter):
     def held(self, queue: str, limit: int = 100) -> list[HeldJob]:
         if limit <= 0:
             return []
-        rows = self._call(HELD, queue, limit)
-        return [
-            HeldJob(_text(id), queue, bytes(body), _text(reason) or None, float(at) if at else None)
-            for id, body, reason, at in rows
-        ]
+        return [_held(queue, *row) for row in self._call(HELD, queue, limit)]
 
     def peek(self, queue: str, state: PeekState) -> Peeked | None:
         if state not in ("ready", "delayed", "held"):
@@ -656,23 +873,35 @@ def _pack(head: tuple[bytes, ...], args: tuple[Any, ...]) -> bytes:
     """The RESP request for ``head + args`` (bytes as they are; anything else as its str())."""
     parts = [b"*%d\r\n" % (len(head) + len(args))]
     for item in (*head, *args):
-        data = item if isinstance(item, bytes) else str(item).encode()
+        data = item if isinstance(item, bytes) else str(item).encode(errors="backslashreplace")
         parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
     return b"".join(parts)
 
 
 def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+    """Text from Redis: what is not UTF-8 (another client wrote it) comes escaped."""
+    return value.decode(errors="backslashreplace") if isinstance(value, bytes) else str(value)
+
+
+def _held(queue: str, id: Any, body: Any, reason: Any, at: Any) -> HeldJob:
+    """A row of the held script: ``at`` is epoch seconds as text, or anything another client wrote."""
+    try:
+        when: float | None = float(at)
+    except (TypeError, ValueError):
+        when = None
+    if when is not None and not math.isfinite(when):
+        when = None
+    return HeldJob(_text(id), queue, bytes(body), _text(reason) or None, when)
 
 
 def _parse_url(url: str) -> dict[str, Any]:
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise ConfigError(f"queue.backend: not a Redis URL ({exc}): {url!r}") from None
     if parts.scheme != "redis":
         raise ConfigError(f"queue.backend: Redis URLs look like redis://HOST:PORT/DB, not {url!r}")
-    try:
-        port = parts.port
-    except ValueError:
-        raise ConfigError(f"queue.backend: bad port in {url!r}") from None
     values: dict[str, Any] = dict(parse_qsl(parts.query))
     if parts.hostname:
         values["host"] = parts.hostname
@@ -689,25 +918,55 @@ def _parse_url(url: str) -> dict[str, Any]:
 
 
 def _option(key: str, value: Any) -> Any:
+    """The value of option ``key`` from a URL's text or the config file; ConfigError naming it."""
     where = f"queue.redis.{key}"
     kind = _OPTIONS.get(key)
     if kind is None:
         raise ConfigError(f"{where}: unknown option (expected one of {', '.join(_OPTIONS)})")
     if kind is bool:
-        if isinstance(value, bool):
-            return value
-        if str(value).lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
-            return str(value).lower() in ("1", "true", "yes", "on")
-        raise ConfigError(f"{where}: must be true or false, not {value!r}")
+        return _flag(where, value)
     if kind is str:
-        if not isinstance(value, str) or not value:
-            raise ConfigError(f"{where}: must be a non-empty string, not {value!r}")
+        return _string(where, value)
+    if kind is float:
+        return _seconds(where, value)
+    return _whole(where, value)
+
+
+def _flag(where: str, value: Any) -> bool:
+    if isinstance(value, bool):
         return value
+    if str(value).lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+        return str(value).lower() in ("1", "true", "yes", "on")
+    raise ConfigError(f"{where}: must be true or false, not {value!r:.60}")
+
+
+def _string(where: str, value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{where}: must be a non-empty string, not {value!r:.60}")
+    if where.endswith(".host") and any(c.isspace() or not c.isprintable() for c in value):
+        raise ConfigError(f"{where}: must be a host name or address, not {value!r:.60}")
+    return value
+
+
+def _seconds(where: str, value: Any) -> float:
+    """A finite number of seconds above zero (NaN, inf, 0, negatives and text are refused)."""
     try:
-        number = kind(value) if not isinstance(value, bool) else -1
-    except (TypeError, ValueError):
+        number = math.nan if isinstance(value, bool) else float(value)
+    except (TypeError, ValueError, OverflowError):
+        number = math.nan
+    if not (math.isfinite(number) and number > 0):
+        raise ConfigError(f"{where}: must be a finite number of seconds above 0, not {value!r:.60}")
+    return number
+
+
+def _whole(where: str, value: Any) -> int:
+    """A whole number 0 <= n < 2**31 (port, db, protocol; each is checked further by its use)."""
+    try:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ValueError(value)
+        number = int(value)
+    except (TypeError, ValueError, OverflowError):
         number = -1
-    if number < 0 or (kind is float and number == 0):
-        what = "a positive number of seconds" if kind is float else "a whole number >= 0"
-        raise ConfigError(f"{where}: must be {what}, not {value!r}")
+    if not 0 <= number < 2**31:
+        raise ConfigError(f"{where}: must be a whole number >= 0, not {value!r:.60}")
     return number
