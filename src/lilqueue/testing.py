@@ -31,6 +31,7 @@ from lilqueue.adapters import create_adapter
 from lilqueue.adapters.base import Adapter, Capabilities, Job
 from lilqueue.app import App
 from lilqueue.config import load_settings
+from lilqueue.errors import ConfigError, TaskError
 from lilqueue.handler import QueueHandler
 from lilqueue.task import Task
 
@@ -198,6 +199,50 @@ class ConformanceSuite:
         reserve_until(other, [queue.backend_name])  # taken, never finished
         self.drain_until(app, queue, lambda: seen)
         assert seen == [2]
+
+    def test_unfinished_counts_runs_that_reached_no_outcome(self, app: App, queue: QueueHandler) -> None:
+        """A worker that dies leaves a run with no outcome; a retry settles it (and so would a
+        hold or a kick): ``unfinished`` is what the runner holds a task on."""
+        queue.send("t", {}, ttr=1)
+        dying = create_adapter(app.settings)
+        first = reserve_until(dying, [queue.backend_name])
+        assert (first.deliveries, first.unfinished) == (1, 0)
+        dying.close()  # the worker died mid-task
+        second = reserve_until(app.adapter, [queue.backend_name])
+        assert (second.id, second.deliveries, second.unfinished) == (first.id, 2, 1)
+        app.adapter.release(second, priority=second.priority, delay=0)  # an outcome: retry
+        third = reserve_until(app.adapter, [queue.backend_name])
+        assert (third.deliveries, third.unfinished) == (3, 0)
+        app.adapter.delete(third)
+
+    def test_hold_and_kick_settle_unfinished_runs(self, app: App, queue: QueueHandler, caps: Capabilities) -> None:
+        self.needs(caps, "hold", "kick")
+        queue.send("t", {}, ttr=1)
+        dying = create_adapter(app.settings)
+        reserve_until(dying, [queue.backend_name])
+        dying.close()
+        job = reserve_until(app.adapter, [queue.backend_name])
+        assert job.unfinished == 1
+        app.adapter.bury(job, reason="its runs never finished")
+        assert wait_for(lambda: queue.kick(1))
+        kicked = reserve_until(app.adapter, [queue.backend_name])
+        assert kicked.unfinished == 0
+        app.adapter.delete(kicked)
+
+    def test_unreserve_does_not_count_a_delivery(self, app: App, queue: QueueHandler) -> None:
+        queue.send("t", {})
+        job = reserve_until(app.adapter, [queue.backend_name])
+        app.adapter.unreserve(job)  # a stopping worker hands back what it never started
+        again = reserve_until(app.adapter, [queue.backend_name])
+        assert (again.id, again.deliveries, again.unfinished) == (job.id, 1, 0)
+        app.adapter.delete(again)
+
+    @pytest.mark.parametrize("name", ["new\nline", "nul\x00", "tab\tname", "lone\udc80", "x" * 100_000])
+    def test_queue_names_the_backend_cannot_carry_are_refused(self, app: App, name: str) -> None:
+        with pytest.raises(ConfigError, match="cannot declare queue"):
+            app.queue(name)
+        with pytest.raises(TaskError, match="cannot add a task to queue"):
+            app.add_task(name, Task("t"))
 
     def test_touch_extends_the_lease(self, app: App, queue: QueueHandler, other: Adapter, caps: Capabilities) -> None:
         self.needs(caps, "ttr", "touch")

@@ -153,8 +153,9 @@ class Adapter(abc.ABC):
     thread_safe: ClassVar[bool] = False
     #: The largest body the backend accepts, in bytes (None: no practical limit).
     max_body: ClassVar[int | None] = None
-    #: The longest queue name (as the backend names it, prefix included), in UTF-8 bytes.
-    max_queue_name: ClassVar[int | None] = None
+    #: The longest queue name (as the backend names it, prefix included), in UTF-8 bytes:
+    #: lilqueue's own limit, lowered by adapters whose backend has a smaller one.
+    max_queue_name: ClassVar[int | None] = 255
 
     @classmethod
     def queue_name_problem(cls, name: str) -> str | None:
