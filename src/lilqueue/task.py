@@ -88,7 +88,8 @@ class Task:
         if context is not None and not isinstance(context, dict):
             raise TaskError(f"task context must be a dict, not {type(context).__name__}")
         self.name = name
-        self.data: dict[str, Any] = data if data is not None else {}
+        #: a dict for tasks lilqueue produced; from the seed's PHP format, any JSON value
+        self.data: Any = data if data is not None else {}
         self.context: dict[str, Any] = context if context is not None else {}
         self.priority = None if priority is None else check_priority(priority)
         self.delay = None if delay is None else check_delay(delay)
