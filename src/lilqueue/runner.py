@@ -133,6 +133,10 @@ class Runner:
             except BackendError as exc:  # lost, or refusing (e.g. a key of the wrong type): back off
                 lost_since = self._backend_lost(exc, lost_since)
                 continue
+            except Exception as exc:  # an adapter's bug must not crash-loop the worker: back off too
+                log.exception("reserving from %s failed unexpectedly", self.names)
+                lost_since = self._backend_lost(exc, lost_since)
+                continue
             lost_since = None
             if job is None:
                 if self.burst:

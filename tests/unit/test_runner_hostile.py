@@ -187,3 +187,17 @@ def test_queue_names_no_worker_can_watch_are_refused(app: lilqueue.App, name: st
         app.queue(name)
     with pytest.raises(TaskError, match="cannot add a task to queue"):
         app.add_task(name, app.create_task("t"))
+
+
+def test_an_adapter_bug_in_reserve_is_backed_off_from_not_a_crash(app: lilqueue.App) -> None:
+    q = app.queue("q")
+    ran: list[int] = []
+    q.worker("w")(lambda t: ran.append(t.attempts))
+    q.send("w")
+    broken = app.adapter
+
+    def reserve(*args: object) -> None:
+        raise OverflowError("an adapter bug on garbage")
+
+    broken.reserve = reserve  # type: ignore[method-assign,assignment]
+    assert drain(app) == 1 and ran == [1]  # reconnected (a fresh adapter) and carried on
