@@ -145,7 +145,7 @@ def test_grab_over_a_socket_fed_in_pieces(pair: tuple[Connection, socket.socket]
     writer = feed_in_pieces(server, stream)
     assignment = conn.grab()
     writer.join()
-    assert assignment == Assignment(b"H:x:7", "fn-é", "u-1", data)
+    assert assignment == Assignment(b"H:x:7", "fn-é", b"u-1", data)
     assert server.recv(100) == encode(Command.GRAB_JOB_UNIQ)
 
 
@@ -211,42 +211,78 @@ def test_connect_to_a_closed_port_fails_fast() -> None:
 # -- the admin text protocol -------------------------------------------------------------
 
 
-def admin_over(server_text: bytes) -> tuple[Admin, socket.socket]:
+LISTINGS = ("status", "prioritystatus", "workers")
+
+
+def admin_serving(answers: list[bytes]) -> tuple[Admin, threading.Thread, list[str]]:
+    """An Admin over a socketpair; a thread plays gearmand, answering each command in turn
+    (a listing's answer followed by the echo of the nonce sent after it) in small pieces."""
     ours, theirs = socket.socketpair()
     admin = Admin(Address("socket"), io_timeout=2)
     admin.conn = Connection.wrap(ours, io_timeout=2)
-    feed_in_pieces(theirs, server_text, sizes=(2, 5)).join()
-    return admin, theirs
+    asked: list[str] = []
+
+    def serve() -> None:
+        stream = theirs.makefile("rb")
+        for answer in answers:
+            line = stream.readline().decode().rstrip("\n")
+            asked.append(line)
+            echo = b""
+            if line in LISTINGS:
+                header = stream.read(12)
+                nonce = stream.read(struct.unpack(">4sII", header)[2])
+                echo = response(Command.ECHO_RES, nonce)
+            feed_in_pieces(theirs, answer + echo, sizes=(2, 5)).join()
+        stream.close()
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    return admin, thread, asked
 
 
 def test_admin_status_and_prioritystatus() -> None:
-    admin, server = admin_over(b"mail\t5\t2\t1\nfn-\xc3\xa9\t0\t0\t0\n.\nmail\t1\t2\t0\t1\n.\n")
+    admin, server, asked = admin_serving([b"mail\t5\t2\t1\nfn-\xc3\xa9\t0\t0\t0\n.\n", b"mail\t1\t2\t0\t1\n.\n"])
     status = admin.status()
     assert status["mail"].total == 5 and status["mail"].running == 2 and status["mail"].workers == 1
     assert status["fn-é"].total == 0
     prio = admin.priority_status()["mail"]
     assert (prio.high, prio.normal, prio.low, prio.workers) == (1, 2, 0, 1)
-    assert server.recv(100) == b"status\nprioritystatus\n"
-    server.close()
+    server.join()
+    assert asked == ["status", "prioritystatus"]
+    admin.close()
 
 
 def test_admin_workers_version_and_cancel() -> None:
-    text = b"37 127.0.0.1 - :\n38 127.0.0.1 worker-1 : mail mail@delayed\n.\nOK 1.1.20\nOK\nERR UNKNOWN_JOB\n"
-    admin, server = admin_over(text)
+    listing = b"37 127.0.0.1 - :\n38 127.0.0.1 worker-1 : mail mail@delayed\n.\n"
+    admin, server, asked = admin_serving([listing, b"OK 1.1.20\n", b"OK\n", b"ERR UNKNOWN_JOB\n"])
     idle, busy = admin.workers()
     assert idle.functions == () and idle.fd == 37
     assert busy.client_id == "worker-1" and busy.functions == ("mail", "mail@delayed")
     assert admin.version() == "1.1.20"
     assert admin.cancel(b"H:x:1") is True
     assert admin.cancel(b"H:x:2") is False
-    server.close()
+    server.join()
+    assert asked == ["workers", "version", "cancel job H:x:1", "cancel job H:x:2"]
+    admin.close()
 
 
-def test_admin_rejects_a_malformed_line() -> None:
-    admin, server = admin_over(b"mail\tfive\t2\t1\n.\n")
-    with pytest.raises(GearmanProtocolError, match="bad admin status line"):
-        admin.status()
-    server.close()
+def test_admin_skips_the_lines_of_a_function_named_with_newlines() -> None:
+    """Function names are printed raw: 'x<LF>mail' and 'a<LF>.<LF>b' must not break the listing,
+    forge a 'mail' line, or end it early."""
+    listing = (
+        b"x\nmail\t7\t0\t0\n"  # the function 'x<LF>mail': a fragment, then a line that looks like 'mail'
+        b"a\n.\nb\t1\t0\t0\n"  # the function 'a<LF>.<LF>b': a fake end of the listing
+        b"mail\tfive\t2\t1\n"  # numbers that are not numbers
+        b"\t1\t0\t0\n"  # the tail of a name ending in a newline
+        b"mail\t5\t2\t1\nother\t1\t1\t1\n.\n"
+    )
+    admin, server, _ = admin_serving([listing, b"OK 1.1.20\n"])
+    status = admin.status()
+    assert set(status) == {"mail", "other"}
+    assert (status["mail"].total, status["other"].total) == (5, 1)
+    assert admin.version() == "1.1.20"  # the connection is still in step
+    server.join()
+    admin.close()
 
 
 # -- addresses, bands, unique keys, configuration -------------------------------------------
@@ -271,11 +307,17 @@ def test_parse_address_rejects(text: str) -> None:
         parse_address(text)
 
 
-def test_bands_cover_every_priority() -> None:
-    assert [band(p) for p in (0, 340, 341, 682, 683, 1024, 2**32 - 1)] == [
-        *("high", "high", "normal", "normal"),
-        *("low", "low", "low"),
-    ]
+def test_bands_match_the_seed() -> None:
+    """The seed sends priority < 1024 / 3 (341.33) high and < 2 * 1024 / 3 (682.67) normal."""
+    priorities = (0, 341, 342, 682, 683, 1024, 2**32 - 1)
+    assert [band(p) for p in priorities] == ["high", "high", "normal", "normal", "low", "low", "low"]
+    assert [band(p) for p in priorities] == [_seed_band(p) for p in priorities]
+
+
+def _seed_band(priority: int) -> str:
+    if priority < 1024 / 3:
+        return "high"
+    return "normal" if priority < 2 * 1024 / 3 else "low"
 
 
 def test_unique_keys_are_fresh_and_carry_priority_and_ttr() -> None:
@@ -287,13 +329,42 @@ def test_unique_keys_are_fresh_and_carry_priority_and_ttr() -> None:
     assert parse_unique("0113adbe-eaf6-11f1-842d-02fc00000001") == (1024, 60)  # the gearman CLI's
 
 
+@pytest.mark.parametrize(
+    ("unique", "expected"),
+    [
+        ("ab" * 16 + ".9999999999.60", (1024, 60)),  # priority out of range: the loop of issue 11
+        ("ab" * 16 + ".5.9999999999", (5, 60)),  # ttr out of range
+        ("ab" * 16 + ".5.0", (5, 60)),  # ttr 0
+        ("ab" * 16 + ".-5.60", (1024, 60)),
+        ("ab" * 16 + ".nan.60", (1024, 60)),
+        ("ab" * 16 + ".\u0663.60", (1024, 60)),  # an Arabic-Indic digit: int() would take it
+        ("ab" * 16 + ".5.60\n", (1024, 60)),
+        ("", (1024, 60)),
+        ("\\xff\\xfe", (1024, 60)),
+        ("ab" * 16 + ".4294967295.4294967295", (2**32 - 1, 2**32 - 1)),
+    ],
+)
+def test_garbage_unique_keys_read_as_the_defaults(unique: str, expected: tuple[int, int]) -> None:
+    assert parse_unique(unique) == expected
+
+
+def test_queue_names_gearman_can_carry() -> None:
+    assert GearmanAdapter.queue_name_problem("mail") is None
+    assert GearmanAdapter.queue_name_problem("mail box é") is None
+    assert GearmanAdapter.queue_name_problem("q" * 247) is None  # 'q' * 247 + '@delayed' is 255 bytes
+    for bad in ("", "a\nb", "a\tb", "a\0b", "\udc80", "q" * 248, "é" * 124):
+        assert GearmanAdapter.queue_name_problem(bad), bad
+    assert "@delayed" in (GearmanAdapter.queue_name_problem("mail@delayed") or "")
+
+
 def test_config_rejects_unknown_options_naming_the_key(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"queue\.gearman\.ttl: unknown option"):
         GearmanAdapter.from_config("gearman://127.0.0.1:4730", {"ttl": 5})
     with pytest.raises(ConfigError, match=r"queue\.gearman\.poll_interval"):
         GearmanAdapter.from_config(None, {"poll_interval": "soon"})
-    with pytest.raises(ConfigError, match=r"queue\.gearman\.held_store"):
-        GearmanAdapter.from_config(None, {"held_store": "redis://x"})
+    for store in ("ftp://x", "sqlite://relative.db", "", 5, "redis://h:port/0"):
+        with pytest.raises(ConfigError, match=r"queue\.gearman\.held_store"):
+            GearmanAdapter.from_config(None, {"held_store": store})
     with pytest.raises(ConfigError, match=r"queue\.gearman\.servers\[0\]\.port"):
         GearmanAdapter.from_config(None, {"servers": [{"host": "h", "port": "x"}]})
     with pytest.raises(ConfigError, match=r"queue\.backend"):
@@ -313,6 +384,30 @@ def test_config_from_url_and_servers_option(tmp_path: Path) -> None:
         assert [s.address for s in adapter.servers] == [Address("b", 3), Address("c", 4730)]
     finally:
         adapter.close()
+
+
+@pytest.mark.parametrize("key", ["connect_timeout", "io_timeout", "poll_interval"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), 0, -1, "5", True, None, 86401])
+def test_timeouts_must_be_finite_positive_numbers(key: str, value: object) -> None:
+    with pytest.raises(ConfigError, match=rf"queue\.gearman\.{key}"):
+        GearmanAdapter.from_config("gearman://127.0.0.1:4730", {key: value})
+
+
+@pytest.mark.parametrize("text", ["nan", "inf", "-inf", "0", "-1", "1e400", "soon", ""])
+def test_timeouts_in_the_url_must_be_finite_positive_numbers(text: str) -> None:
+    with pytest.raises(ConfigError, match=r"queue\.gearman\.io_timeout"):
+        GearmanAdapter.from_config(f"gearman://127.0.0.1:4730?io_timeout={text}", {})
+
+
+def test_timeouts_default_to_3_and_5_seconds(tmp_path: Path) -> None:
+    adapter = GearmanAdapter.from_config("gearman://127.0.0.1:4730?connect_timeout=0.5", {"io_timeout": 2})
+    conn = adapter.servers[0].client
+    assert (conn.connect_timeout, conn.io_timeout) == (0.5, 2.0)
+    adapter.close()
+    adapter = GearmanAdapter.from_config("gearman://127.0.0.1:4730", {"held_store": str(tmp_path / "h.db")})
+    for conn in (adapter.servers[0].client, adapter.servers[0].worker, adapter.servers[0].admin.conn):
+        assert (conn.connect_timeout, conn.io_timeout) == (3.0, 5.0)
+    adapter.close()
 
 
 def test_the_held_store_is_created_on_first_use(tmp_path: Path) -> None:

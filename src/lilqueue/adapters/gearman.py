@@ -1,11 +1,13 @@
 """``gearman://H:P[,H:P]``: Gearman (gearmand 1.1) as a job queue, on our own protocol client.
 
 - A queue is a Gearman function of the same name. Tasks are background jobs.
-- Priority: 0-340 go to the high band (``SUBMIT_JOB_HIGH_BG``), 341-682 to normal
+- Priority: as the seed computes it (``priority < 1024 / 3`` and ``< 2 * 1024 / 3``),
+  0-341 go to the high band (``SUBMIT_JOB_HIGH_BG``), 342-682 to normal
   (``SUBMIT_JOB_BG``), 683 and above to low (``SUBMIT_JOB_LOW_BG``); first in, first
   out within a band. Every value is accepted; the exact value travels in the job's
   unique key (``<32 hex>.<priority>.<ttr>``, fresh per submit since gearmand merges
-  jobs with equal keys), which is also the task id.
+  jobs with equal keys), which is also the task id. Anyone else's key, or a part of
+  ours out of range, reads as the defaults (1024, 60 s): any client can send any key.
 - Delay: ``SUBMIT_JOB_EPOCH`` at ``ceil(now + delay)``, to the sibling function
   ``<queue>@delayed``. gearmand puts epoch jobs in the *normal* band whatever their
   priority, and while one waits there, the ready *low*-band jobs of the same function
@@ -17,23 +19,38 @@
 - No TTR: a job stays with its worker while the worker's connection is open; if the
   connection drops (the worker died) gearmand hands the job to another worker. A hung
   worker is the runner's watchdog's business. ``touch`` therefore has nothing to extend.
+  A job reserved but never started is handed back the same way (``unreserve`` closes
+  the connection), uncounted.
+- gearmand counts no deliveries, so the adapter keeps a *delivery ledger*: each grab
+  adds one to the deliveries of the job's unique key (gearmand hands the same job out
+  again with the same key): ``Job.deliveries``. ``Job.unfinished`` is the earlier
+  deliveries that reached no outcome: every earlier one of the same Gearman job, since
+  an outcome ends it (delete, hold and release complete the job, and the ledger forgets
+  it). ``release`` re-submits under a new key that carries the deliveries on, all of
+  them settled; a kick, or the runner's retry (which writes the attempts into the
+  envelope), starts a new count. ``unreserve`` takes its delivery back.
 - Hold: gearmand cannot keep a job aside, so a held task is written, with its reason
-  and time, to the *held store* -- an SQLite file (option ``held_store``, default
-  ``sqlite:///lilqueue-gearman-held.db``) -- before its job is completed. ``held``,
-  ``kick`` (re-submit) and ``delete`` work on that file. The same file keeps a ledger
-  of the delayed jobs this adapter submitted (server, handle, due time), so that
+  and time, to the *held store* before its job is completed; ``held``, ``kick``
+  (re-submit) and ``delete`` work there. The held store also keeps the delivery ledger
+  and the delayed jobs this adapter submitted (server, handle, due time), so that
   ``delete --id`` can cancel one (gearmand drops a cancelled job when it reaches the
-  head of its queue) and ``stats`` stops counting it.
+  head of its queue) and ``stats`` stops counting it. It is an SQLite file (option
+  ``held_store``: a path or ``sqlite:///PATH``; default ``lilqueue-gearman-held.db``)
+  or a Redis database (``redis://H:P/DB``) every worker of a deployment shares. A store
+  that cannot be reached is a ``BackendConnectionError``: a grab then gives its job back.
 - Several servers: a task goes to one server (round robin, the next one if a server is
   down); a worker takes from all of them.
 """
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import itertools
+import json
 import logging
 import math
+import os
 import random
 import re
 import sqlite3
@@ -58,6 +75,9 @@ from lilqueue.adapters.base import (
     native,
 )
 from lilqueue.adapters.gearman_protocol import (
+    CONNECT_TIMEOUT,
+    IO_TIMEOUT,
+    MAX_FUNCTION,
     Address,
     Admin,
     Assignment,
@@ -67,25 +87,44 @@ from lilqueue.adapters.gearman_protocol import (
     parse_address,
     wait_readable,
 )
-from lilqueue.config import DEFAULT_PRIORITY, DEFAULT_TTR
-from lilqueue.errors import BackendConnectionError, BackendError, ConfigError, UnsupportedError
+from lilqueue.errors import (
+    BackendConnectionError,
+    BackendError,
+    BackendTimeoutError,
+    ConfigError,
+    LilqueueError,
+    UnsupportedError,
+)
 
 log = logging.getLogger(__name__)
 
-HIGH_MAX = 340
+#: the seed's bands: high while ``priority < 1024 / 3``, normal while ``< 2 * 1024 / 3``
+HIGH_MAX = 341
 NORMAL_MAX = 682
-DEFAULT_HELD_STORE = "sqlite:///lilqueue-gearman-held.db"
+#: what a job whose unique key carries no (valid) priority or ttr gets (SPEC section 1)
+DEFAULT_PRIORITY = 1024
+DEFAULT_TTR = 60
+MAX_PRIORITY = 2**32 - 1
+MAX_TTR = 2**32 - 1
+DEFAULT_HELD_STORE = "lilqueue-gearman-held.db"
 #: a kick that claimed a held task but did not finish re-submitting it gives it back after this
 KICK_CLAIM_TIMEOUT = 60.0
 #: how long a server that failed is left alone before the worker tries it again
 SERVER_RETRY = 2.0
-_UNIQUE = re.compile(r"^[0-9a-f]{32}\.(\d{1,10})\.(\d{1,10})$")
+#: seconds a ledger entry outlives its last delivery (one whose settling was lost is swept then)
+LEDGER_KEEP = 7 * 86400
+#: seconds the record of a delayed job outlives its due time
+DELAYED_KEEP = 86400
+#: the longest timeout an option may set, in seconds
+MAX_TIMEOUT = 86400.0
+_UNIQUE = re.compile(r"[0-9a-f]{32}\.([0-9]{1,10})\.([0-9]{1,10})")
 DELAYED_SUFFIX = "@delayed"
 OPTIONS = ("servers", "held_store", "connect_timeout", "io_timeout", "poll_interval")
+_SECONDS = ("connect_timeout", "io_timeout", "poll_interval")
 
 
 def band(priority: int) -> Band:
-    """The Gearman band of a lilqueue priority: 0-340 high, 341-682 normal, 683+ low."""
+    """The Gearman band of a lilqueue priority: 0-341 high, 342-682 normal, 683+ low."""
     if priority <= HIGH_MAX:
         return "high"
     return "normal" if priority <= NORMAL_MAX else "low"
@@ -97,11 +136,32 @@ def new_unique(priority: int, ttr: int) -> str:
 
 
 def parse_unique(unique: str) -> tuple[int, int]:
-    """(priority, ttr) from a unique key this adapter made; the defaults for anyone else's."""
-    match = _UNIQUE.match(unique)
+    """(priority, ttr) from a unique key this adapter made; the defaults for anyone else's,
+    and for a part that is out of range (a job from another client may carry any key)."""
+    match = _UNIQUE.fullmatch(unique)
     if match is None:
         return DEFAULT_PRIORITY, DEFAULT_TTR
-    return int(match[1]), int(match[2])
+    priority = int(match[1])
+    ttr = int(match[2])
+    if priority > MAX_PRIORITY:
+        priority = DEFAULT_PRIORITY
+    if not 1 <= ttr <= MAX_TTR:
+        ttr = DEFAULT_TTR
+    return priority, ttr
+
+
+def ledger_key(queue: str, unique: bytes, server: Address | None = None, handle: bytes = b"") -> bytes:
+    """What the ledger counts a job's deliveries under: its queue and unique key (the same
+    when gearmand hands the job out again, even after a restart with a persistent queue), or
+    its server and handle when it has no unique key."""
+    if unique:
+        return queue.encode("utf-8", "backslashreplace") + b"\0" + unique
+    return queue.encode("utf-8", "backslashreplace") + b"\0\0" + str(server).encode() + b"\0" + handle
+
+
+def _text(value: str) -> str:
+    """Text any store takes: a lone surrogate (not UTF-8) written as its escape."""
+    return value.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +187,7 @@ class _Receipt:
     conn: Connection
     generation: int
     handle: bytes
+    key: bytes  # the job's ledger key
 
 
 class _Server:
@@ -147,9 +208,105 @@ class _Server:
         self.admin.close()
 
 
-# -- the held store ----------------------------------------------------------------------
+# -- the held store -----------------------------------------------------------------------
 
-_STORE_SCHEMA = """
+
+@dataclass(frozen=True, slots=True)
+class _HeldRow:
+    """A held task claimed for a kick; ``token`` tells this copy from a later one of the same id."""
+
+    queue: str
+    id: str
+    body: bytes
+    priority: int
+    ttr: int
+    token: str
+
+
+class HeldStore(abc.ABC):
+    """What gearmand does not keep, kept where every process of a deployment sees it.
+
+    - Held tasks, with reason and time. A held task being kicked is *claimed* first (one
+      kicker wins), re-submitted, then forgotten; a claim older than
+      :data:`KICK_CLAIM_TIMEOUT` (a kicker that died) is void, so the task shows as held
+      again rather than being lost.
+    - The delayed jobs this adapter submitted (server, handle, due time), for
+      ``delete --id`` and ``stats``.
+    - The delivery ledger: deliveries per job, until the job is settled.
+
+    Every method raises :class:`BackendConnectionError` when the store cannot be reached,
+    and takes any ``str`` (lone surrogates are stored as their escapes).
+    """
+
+    url: str
+
+    @abc.abstractmethod
+    def hold(self, queue: str, id: str, body: bytes, priority: int, ttr: int, reason: str) -> None:
+        """Keep a task (the same queue and id replace an earlier copy: it is the same job)."""
+
+    @abc.abstractmethod
+    def held(self, queue: str, limit: int) -> list[HeldJob]:
+        """Up to ``limit`` held tasks not claimed by a kick, oldest first."""
+
+    @abc.abstractmethod
+    def count(self, queue: str) -> int:
+        """How many held tasks are not claimed by a kick."""
+
+    @abc.abstractmethod
+    def claim(self, queue: str, limit: int, id: str | None = None) -> list[_HeldRow]:
+        """Claim up to ``limit`` held tasks (or the one with ``id``) for a kick, oldest first."""
+
+    @abc.abstractmethod
+    def unclaim(self, rows: Sequence[_HeldRow]) -> None:
+        """Give claimed tasks back to the held list (their kick failed)."""
+
+    @abc.abstractmethod
+    def forget(self, row: _HeldRow) -> None:
+        """Remove a kicked task (unless it was held again since: another token)."""
+
+    @abc.abstractmethod
+    def delete(self, queue: str, id: str) -> bool:
+        """Remove a held task not claimed by a kick; False if there is none."""
+
+    @abc.abstractmethod
+    def note_delayed(self, queue: str, id: str, server: str, handle: bytes, due: float) -> None:
+        """Remember a delayed job this adapter submitted."""
+
+    @abc.abstractmethod
+    def cancel_delayed(self, queue: str, id: str) -> tuple[str, bytes] | None:
+        """Mark a delayed job cancelled, once; (server, handle) the first time."""
+
+    @abc.abstractmethod
+    def uncancel_delayed(self, queue: str, id: str) -> None:
+        """Undo :meth:`cancel_delayed` (gearmand did not take the cancel)."""
+
+    @abc.abstractmethod
+    def cancelled_waiting(self, queue: str, grace: float) -> int:
+        """Cancelled delayed jobs that gearmand still counts (until ``grace`` s past their due time)."""
+
+    @abc.abstractmethod
+    def deliver(self, key: bytes) -> tuple[int, int]:
+        """Count one more delivery of the job ``key``; return (deliveries so far, how many of
+        the earlier ones reached no outcome)."""
+
+    @abc.abstractmethod
+    def carry(self, key: bytes, deliveries: int) -> None:
+        """Start the count of the job ``key`` (about to be submitted) at ``deliveries``, all settled."""
+
+    @abc.abstractmethod
+    def undeliver(self, key: bytes) -> None:
+        """Take back the last delivery of ``key`` (handed back unstarted)."""
+
+    @abc.abstractmethod
+    def settle(self, key: bytes) -> None:
+        """The job ``key`` reached an outcome: forget its deliveries."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release the connection; the store reconnects if used again."""
+
+
+_SQLITE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS gearman_held (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     queue TEXT NOT NULL,
@@ -173,131 +330,401 @@ CREATE TABLE IF NOT EXISTS gearman_delayed (
     PRIMARY KEY (queue, id)
 );
 CREATE INDEX IF NOT EXISTS gearman_delayed_due ON gearman_delayed (queue, due);
+CREATE TABLE IF NOT EXISTS gearman_ledger (
+    key BLOB PRIMARY KEY,
+    deliveries INTEGER NOT NULL,
+    settled INTEGER NOT NULL DEFAULT 0,
+    seen REAL NOT NULL
+) WITHOUT ROWID;
 """
+_VISIBLE = "(claimed_at IS NULL OR claimed_at < ?)"
+_DELIVER = (
+    "INSERT INTO gearman_ledger (key, deliveries, seen) VALUES (?, 1, ?) "
+    "ON CONFLICT (key) DO UPDATE SET deliveries = deliveries + 1, seen = excluded.seen RETURNING deliveries, settled"
+)
 
 
-@dataclass(frozen=True, slots=True)
-class _HeldRow:
-    seq: int
-    queue: str
-    id: str
-    body: bytes
-    priority: int
-    ttr: int
+class SqliteHeldStore(HeldStore):
+    """The held store in one SQLite file (WAL): shared by the processes of one machine.
 
-
-class HeldStore:
-    """Held tasks (with reason and time) and the delayed-job ledger, in one SQLite file.
-
-    A held row being kicked is *claimed* first (one kicker wins), re-submitted, then
-    removed; a claim older than :data:`KICK_CLAIM_TIMEOUT` (a kicker that died) is void,
-    so the task shows as held again rather than being lost.
+    The ledger's writes are not synced to disk one by one (``synchronous=NORMAL``: a
+    power cut may forget the last counts); a hold is (``FULL``): the held row is the
+    task's only copy once its Gearman job is completed.
     """
 
     def __init__(self, path: str, *, busy_timeout: float = 30.0) -> None:
         self.path = path
+        self.url = f"sqlite:///{path}"
         self.busy_timeout = busy_timeout
         self._db: sqlite3.Connection | None = None
+        self._swept = 0.0
+
+    @contextlib.contextmanager
+    def _translated(self, what: str) -> Iterator[None]:
+        try:
+            yield
+        except (OSError, sqlite3.OperationalError) as exc:  # unreadable, locked, full: may pass
+            raise BackendConnectionError(f"Gearman held store {self.path!r}: {what}: {exc}") from exc
+        except (sqlite3.Error, UnicodeError, OverflowError) as exc:
+            raise BackendError(f"Gearman held store {self.path!r}: {what}: {exc}") from exc
 
     def _open(self) -> sqlite3.Connection:
         """The file is opened (and created) on first use: a producer that never delays never touches it."""
-        if self._db is None:
+        if self._db is not None:
+            return self._db
+        with self._translated("cannot open it"):
+            if self.path != ":memory:":
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.path, isolation_level=None, timeout=self.busy_timeout, check_same_thread=False)
             try:
-                if self.path != ":memory:":
-                    Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-                db = sqlite3.connect(
-                    self.path, isolation_level=None, timeout=self.busy_timeout, check_same_thread=False
-                )
                 db.execute("PRAGMA journal_mode=WAL")
-                db.executescript(_STORE_SCHEMA)
-            except (OSError, sqlite3.Error) as exc:
-                raise BackendConnectionError(f"cannot open the Gearman held store {self.path!r}: {exc}") from exc
-            self._db = db
-        return self._db
+                db.execute("PRAGMA synchronous=NORMAL")
+                db.executescript(_SQLITE_SCHEMA)
+            except BaseException:
+                db.close()
+                raise
+        self._db = db
+        return db
 
     def close(self) -> None:
-        db, self._db = self._db, None
+        db = self._db
+        self._db = None
         if db is not None:
             db.close()
 
-    def _run(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
+    def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         db = self._open()
-        try:
-            return db.execute(sql, params)
-        except sqlite3.OperationalError as exc:
-            raise BackendConnectionError(f"Gearman held store {self.path!r}: {exc}") from exc
-        except sqlite3.Error as exc:
-            raise BackendError(f"Gearman held store {self.path!r}: {exc}") from exc
+        with self._translated(sql.split(" ", 1)[0].lower()):
+            return db.execute(sql, params).fetchall()
 
-    _VISIBLE = "(claimed_at IS NULL OR claimed_at < ?)"
+    def _change(self, sql: str, params: Sequence[Any] = ()) -> int:
+        db = self._open()
+        with self._translated(sql.split(" ", 1)[0].lower()):
+            return db.execute(sql, params).rowcount
 
     def hold(self, queue: str, id: str, body: bytes, priority: int, ttr: int, reason: str) -> None:
-        """Keep a task (the same queue and id replace an earlier copy: it is the same job)."""
-        self._run(
-            "INSERT OR REPLACE INTO gearman_held (queue, id, body, priority, ttr, reason, held_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (queue, id, body, priority, ttr, reason, time.time()),
-        )
+        db = self._open()
+        row = (queue, _text(id), body, priority, ttr, _text(reason), time.time())
+        with self._translated("hold"):
+            db.execute("PRAGMA synchronous=FULL")
+            try:
+                db.execute(
+                    "INSERT OR REPLACE INTO gearman_held (queue, id, body, priority, ttr, reason, held_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    row,
+                )
+            finally:
+                db.execute("PRAGMA synchronous=NORMAL")
 
     def held(self, queue: str, limit: int) -> list[HeldJob]:
         sql = (
-            f"SELECT id, body, reason, held_at FROM gearman_held WHERE queue=? AND {self._VISIBLE} "
+            f"SELECT id, body, reason, held_at FROM gearman_held WHERE queue=? AND {_VISIBLE} "
             "ORDER BY held_at, seq LIMIT ?"
         )
-        rows = self._run(sql, (queue, time.time() - KICK_CLAIM_TIMEOUT, limit))
+        rows = self._rows(sql, (queue, time.time() - KICK_CLAIM_TIMEOUT, limit))
         return [HeldJob(i, queue, bytes(b), r, h) for i, b, r, h in rows]
 
     def count(self, queue: str) -> int:
-        sql = f"SELECT COUNT(*) FROM gearman_held WHERE queue=? AND {self._VISIBLE}"
-        return int(self._run(sql, (queue, time.time() - KICK_CLAIM_TIMEOUT)).fetchone()[0])
+        sql = f"SELECT COUNT(*) FROM gearman_held WHERE queue=? AND {_VISIBLE}"
+        return int(self._rows(sql, (queue, time.time() - KICK_CLAIM_TIMEOUT))[0][0])
 
     def claim(self, queue: str, limit: int, id: str | None = None) -> list[_HeldRow]:
-        """Claim up to ``limit`` held tasks (or the one with ``id``) for a kick, oldest first."""
         now = time.time()
         which = "AND id=?" if id is not None else ""
         sql = (
             f"UPDATE gearman_held SET claimed_at=? WHERE seq IN (SELECT seq FROM gearman_held "
-            f"WHERE queue=? {which} AND {self._VISIBLE} ORDER BY held_at, seq LIMIT ?) "
+            f"WHERE queue=? {which} AND {_VISIBLE} ORDER BY held_at, seq LIMIT ?) "
             "RETURNING seq, id, body, priority, ttr, held_at"
         )
         params = (now, queue, *((id,) if id is not None else ()), now - KICK_CLAIM_TIMEOUT, limit)
-        rows = sorted(self._run(sql, params).fetchall(), key=lambda r: (r[5], r[0]))
-        return [_HeldRow(seq, queue, i, bytes(body), p, ttr) for seq, i, body, p, ttr, _ in rows]
+        rows = sorted(self._rows(sql, params), key=lambda r: (r[5], r[0]))
+        return [_HeldRow(queue, i, bytes(body), p, ttr, str(seq)) for seq, i, body, p, ttr, _ in rows]
 
     def unclaim(self, rows: Sequence[_HeldRow]) -> None:
         for row in rows:
-            self._run("UPDATE gearman_held SET claimed_at=NULL WHERE seq=?", (row.seq,))
+            self._change("UPDATE gearman_held SET claimed_at=NULL WHERE seq=?", (int(row.token),))
 
-    def forget(self, seq: int) -> None:
-        self._run("DELETE FROM gearman_held WHERE seq=?", (seq,))
+    def forget(self, row: _HeldRow) -> None:
+        self._change("DELETE FROM gearman_held WHERE seq=?", (int(row.token),))
 
     def delete(self, queue: str, id: str) -> bool:
-        sql = f"DELETE FROM gearman_held WHERE queue=? AND id=? AND {self._VISIBLE}"
-        return self._run(sql, (queue, id, time.time() - KICK_CLAIM_TIMEOUT)).rowcount == 1
+        sql = f"DELETE FROM gearman_held WHERE queue=? AND id=? AND {_VISIBLE}"
+        return self._change(sql, (queue, id, time.time() - KICK_CLAIM_TIMEOUT)) == 1
 
-    # -- the delayed ledger -----------------------------------------------------------
-
-    def note_delayed(self, queue: str, id: str, server: Address, handle: bytes, due: float) -> None:
-        self._run(
+    def note_delayed(self, queue: str, id: str, server: str, handle: bytes, due: float) -> None:
+        self._change(
             "INSERT OR REPLACE INTO gearman_delayed (queue, id, server, handle, due) VALUES (?, ?, ?, ?, ?)",
-            (queue, id, str(server), handle, due),
+            (queue, id, server, handle, due),
         )
 
     def cancelled_waiting(self, queue: str, grace: float) -> int:
-        """Cancelled delayed jobs that gearmand still counts (until ``grace`` s past their due time)."""
         now = time.time()
-        self._run("DELETE FROM gearman_delayed WHERE due < ?", (now - 86400,))  # long gone: forget
+        self._change("DELETE FROM gearman_delayed WHERE due < ?", (now - DELAYED_KEEP,))  # long gone: forget
         sql = "SELECT COUNT(*) FROM gearman_delayed WHERE queue=? AND cancelled=1 AND due > ?"
-        return int(self._run(sql, (queue, now - grace)).fetchone()[0])
+        return int(self._rows(sql, (queue, now - grace))[0][0])
 
     def cancel_delayed(self, queue: str, id: str) -> tuple[str, bytes] | None:
-        """Mark a delayed job cancelled, once; (server, handle) the first time."""
         sql = "UPDATE gearman_delayed SET cancelled=1 WHERE queue=? AND id=? AND cancelled=0 RETURNING server, handle"
-        row = self._run(sql, (queue, id)).fetchone()
-        return None if row is None else (str(row[0]), bytes(row[1]))
+        rows = self._rows(sql, (queue, id))
+        return (str(rows[0][0]), bytes(rows[0][1])) if rows else None
 
     def uncancel_delayed(self, queue: str, id: str) -> None:
-        self._run("UPDATE gearman_delayed SET cancelled=0 WHERE queue=? AND id=?", (queue, id))
+        self._change("UPDATE gearman_delayed SET cancelled=0 WHERE queue=? AND id=?", (queue, id))
+
+    def deliver(self, key: bytes) -> tuple[int, int]:
+        now = time.time()
+        if now - self._swept > 3600:  # entries whose settling was lost (a worker died right after it)
+            self._swept = now
+            self._change("DELETE FROM gearman_ledger WHERE seen < ?", (now - LEDGER_KEEP,))
+        deliveries, settled = self._rows(_DELIVER, (key, now))[0]
+        return _counts(int(deliveries), int(settled))
+
+    def carry(self, key: bytes, deliveries: int) -> None:
+        sql = "INSERT OR REPLACE INTO gearman_ledger (key, deliveries, settled, seen) VALUES (?, ?, ?, ?)"
+        self._change(sql, (key, deliveries, deliveries, time.time()))
+
+    def undeliver(self, key: bytes) -> None:
+        self._change("UPDATE gearman_ledger SET deliveries = deliveries - 1 WHERE key=? AND deliveries > 0", (key,))
+
+    def settle(self, key: bytes) -> None:
+        self._change("DELETE FROM gearman_ledger WHERE key=?", (key,))
+
+
+# Redis: under the prefix P, per queue Q: P held:Q (hash id -> record), P order:Q (zset id by
+# held_at), P claims:Q (hash id -> claimed_at); P delayed:Q\0ID (string, expires a day after
+# due), P cancelled:Q (zset id by due); P ledger:KEY (counter, expires LEDGER_KEEP after its
+# last delivery; a hash: d deliveries, s settled). A record is the token (32 hex), a JSON header line, then the body.
+_PICK = """
+local stale, limit, out, start = tonumber(ARGV[1]), tonumber(ARGV[2]), {}, 0
+local function take(id)
+  if tonumber(redis.call('HGET', KEYS[3], id) or '0') >= stale then return end
+  local rec = redis.call('HGET', KEYS[2], id)
+  if not rec then return end
+  if ARGV[4] ~= '' then redis.call('HSET', KEYS[3], id, ARGV[4]) end
+  table.insert(out, id)
+  table.insert(out, rec)
+end
+if ARGV[3] ~= '' then
+  take(ARGV[3])
+  return out
+end
+while #out < 2 * limit do
+  local ids = redis.call('ZRANGE', KEYS[1], start, start + 99)
+  if #ids == 0 then break end
+  for _, id in ipairs(ids) do
+    if #out < 2 * limit then take(id) end
+  end
+  start = start + 100
+end
+return out
+"""
+_COUNT = """
+local n = redis.call('ZCARD', KEYS[1])
+local claims = redis.call('HGETALL', KEYS[3])
+for i = 2, #claims, 2 do
+  if tonumber(claims[i]) >= tonumber(ARGV[1]) then n = n - 1 end
+end
+return n
+"""
+_DROP = """
+local rec = redis.call('HGET', KEYS[2], ARGV[1])
+if not rec then return 0 end
+if ARGV[2] ~= '' and string.sub(rec, 1, 32) ~= ARGV[2] then return 0 end
+if ARGV[3] ~= '' and tonumber(redis.call('HGET', KEYS[3], ARGV[1]) or '0') >= tonumber(ARGV[3]) then return 0 end
+redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[3], ARGV[1])
+return 1
+"""
+_CANCEL = """
+local v = redis.call('GET', KEYS[1])
+if not v or redis.call('ZSCORE', KEYS[2], ARGV[1]) then return false end
+redis.call('ZADD', KEYS[2], string.match(v, '^([^\\n]*)'), ARGV[1])
+return v
+"""
+
+
+class RedisHeldStore(HeldStore):
+    """The held store in a Redis database (redis-py), shared by every machine of a deployment.
+
+    Each change is one transaction or Lua script. Connecting waits ``connect_timeout``
+    and a reply ``io_timeout`` seconds at most.
+    """
+
+    prefix = "lilqueue:gearman:"
+
+    def __init__(self, url: str, *, connect_timeout: float = CONNECT_TIMEOUT, io_timeout: float = IO_TIMEOUT) -> None:
+        self.url = url
+        try:
+            import redis
+        except ImportError:
+            raise ConfigError(
+                "queue.gearman.held_store: a Redis held store needs redis-py: pip install 'lilqueue[redis]'"
+            ) from None
+        try:
+            self.redis = redis.Redis.from_url(url, socket_connect_timeout=connect_timeout, socket_timeout=io_timeout)
+        except ValueError as exc:
+            raise ConfigError(f"queue.gearman.held_store: {exc} in {url!r}") from None
+        self._scripts = {name: self.redis.register_script(text) for name, text in self._SCRIPTS.items()}
+
+    _SCRIPTS: ClassVar[dict[str, str]] = {"pick": _PICK, "count": _COUNT, "drop": _DROP, "cancel": _CANCEL}
+
+    @contextlib.contextmanager
+    def _translated(self, what: str) -> Iterator[None]:
+        import redis.exceptions as rex
+
+        try:
+            yield
+        except rex.TimeoutError as exc:
+            raise BackendTimeoutError(f"Gearman held store {self.url}: {what}: {exc}") from exc
+        except rex.ConnectionError as exc:
+            raise BackendConnectionError(f"Gearman held store {self.url}: {what}: {exc}") from exc
+        except (rex.RedisError, UnicodeError) as exc:
+            raise BackendError(f"Gearman held store {self.url}: {what}: {exc}") from exc
+
+    def _keys(self, queue: str) -> list[str]:
+        return [f"{self.prefix}order:{queue}", f"{self.prefix}held:{queue}", f"{self.prefix}claims:{queue}"]
+
+    def _run(self, script: str, keys: Sequence[str | bytes], *args: str | bytes | float) -> Any:
+        with self._translated(script):
+            return self._scripts[script](keys=keys, args=args)
+
+    def close(self) -> None:
+        self.redis.close()
+
+    def hold(self, queue: str, id: str, body: bytes, priority: int, ttr: int, reason: str) -> None:
+        now = time.time()
+        header = json.dumps({"priority": priority, "ttr": ttr, "reason": _text(reason), "held_at": now})
+        record = os.urandom(16).hex().encode() + header.encode() + b"\n" + body
+        order, records, claims = self._keys(queue)
+        with self._translated("hold"):
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.hset(records, _text(id), record)
+            pipe.zadd(order, {_text(id): now})
+            pipe.hdel(claims, _text(id))
+            pipe.execute()
+
+    def _picked(self, queue: str, limit: int, id: str = "", claim: bool = False) -> list[tuple[str, bytes]]:
+        now = time.time()
+        flat = self._run("pick", self._keys(queue), now - KICK_CLAIM_TIMEOUT, limit, id, repr(now) if claim else "")
+        return [(flat[i].decode("utf-8", "replace"), bytes(flat[i + 1])) for i in range(0, len(flat), 2)]
+
+    def held(self, queue: str, limit: int) -> list[HeldJob]:
+        result = []
+        for id, record in self._picked(queue, limit):
+            _, header, body = _record(record)
+            result.append(HeldJob(id, queue, body, header.get("reason"), header.get("held_at")))
+        return result
+
+    def count(self, queue: str) -> int:
+        return int(self._run("count", self._keys(queue), time.time() - KICK_CLAIM_TIMEOUT))
+
+    def claim(self, queue: str, limit: int, id: str | None = None) -> list[_HeldRow]:
+        rows = []
+        for held_id, record in self._picked(queue, limit, id or "", claim=True):
+            token, header, body = _record(record)
+            rows.append(_HeldRow(queue, held_id, body, int(header["priority"]), int(header["ttr"]), token))
+        return rows
+
+    def unclaim(self, rows: Sequence[_HeldRow]) -> None:
+        for row in rows:
+            with self._translated("unclaim"):
+                self.redis.hdel(self._keys(row.queue)[2], row.id)
+
+    def forget(self, row: _HeldRow) -> None:
+        self._run("drop", self._keys(row.queue), row.id, row.token, "")
+
+    def delete(self, queue: str, id: str) -> bool:
+        return int(self._run("drop", self._keys(queue), _text(id), "", time.time() - KICK_CLAIM_TIMEOUT)) == 1
+
+    def _delayed_keys(self, queue: str, id: str) -> list[str]:
+        return [f"{self.prefix}delayed:{queue}\0{_text(id)}", f"{self.prefix}cancelled:{queue}"]
+
+    def note_delayed(self, queue: str, id: str, server: str, handle: bytes, due: float) -> None:
+        value = f"{due!r}\n{server}\n".encode() + handle
+        with self._translated("note a delayed job"):
+            self.redis.set(self._delayed_keys(queue, id)[0], value, exat=int(due + DELAYED_KEEP))
+
+    def cancel_delayed(self, queue: str, id: str) -> tuple[str, bytes] | None:
+        value = self._run("cancel", self._delayed_keys(queue, id), _text(id))
+        if value is None:
+            return None
+        _, server, handle = bytes(value).split(b"\n", 2)
+        return server.decode(), handle
+
+    def uncancel_delayed(self, queue: str, id: str) -> None:
+        with self._translated("uncancel a delayed job"):
+            self.redis.zrem(self._delayed_keys(queue, id)[1], _text(id))
+
+    def cancelled_waiting(self, queue: str, grace: float) -> int:
+        now = time.time()
+        cancelled = self._delayed_keys(queue, "")[1]
+        with self._translated("count cancelled delayed jobs"):
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.zremrangebyscore(cancelled, "-inf", now - DELAYED_KEEP)
+            pipe.zcount(cancelled, f"({now - grace!r}", "+inf")
+            return int(pipe.execute()[1])
+
+    def _ledger(self, key: bytes) -> bytes:
+        return self.prefix.encode() + b"ledger:" + key
+
+    def deliver(self, key: bytes) -> tuple[int, int]:
+        with self._translated("count a delivery"):
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.hincrby(self._ledger(key), "d", 1)
+            pipe.hget(self._ledger(key), "s")
+            pipe.expire(self._ledger(key), LEDGER_KEEP)
+            deliveries, settled, _ = pipe.execute()
+        return _counts(int(deliveries), int(settled or 0))
+
+    def carry(self, key: bytes, deliveries: int) -> None:
+        with self._translated("carry deliveries on"):
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.hset(self._ledger(key), mapping={"d": deliveries, "s": deliveries})
+            pipe.expire(self._ledger(key), LEDGER_KEEP)
+            pipe.execute()
+
+    def undeliver(self, key: bytes) -> None:
+        with self._translated("take back a delivery"):
+            self.redis.hincrby(self._ledger(key), "d", -1)
+
+    def settle(self, key: bytes) -> None:
+        with self._translated("settle a job"):
+            self.redis.delete(self._ledger(key))
+
+
+def _counts(deliveries: int, settled: int) -> tuple[int, int]:
+    """(deliveries, unfinished) from the ledger's counts; never below (1, 0)."""
+    deliveries = max(deliveries, 1)
+    return deliveries, max(deliveries - 1 - max(settled, 0), 0)
+
+
+def _record(record: bytes) -> tuple[str, dict[str, Any], bytes]:
+    """(token, header, body) of a held record in Redis."""
+    header, _, body = record[32:].partition(b"\n")
+    return record[:32].decode("ascii"), json.loads(header), body
+
+
+def open_store(url: str, *, connect_timeout: float = CONNECT_TIMEOUT, io_timeout: float = IO_TIMEOUT) -> HeldStore:
+    """The held store at ``url``: a path, ``sqlite:///PATH``, or ``redis://H:P/DB`` (``rediss://``).
+
+    Raises ConfigError naming ``queue.gearman.held_store``; connects on first use only.
+    """
+    where = "queue.gearman.held_store"
+    if not isinstance(url, str) or not url.strip():
+        raise ConfigError(f"{where}: must be a path, sqlite:///PATH or redis://HOST:PORT/DB, not {url!r}")
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return SqliteHeldStore(url)
+    if scheme.lower() in ("redis", "rediss"):
+        return RedisHeldStore(url, connect_timeout=connect_timeout, io_timeout=io_timeout)
+    path = unquote(rest.partition("?")[0])
+    if scheme.lower() != "sqlite" or not path.startswith("/") or path == "/":
+        raise ConfigError(
+            f"{where}: must be a path, sqlite:///relative.db, sqlite:////abs/path.db or redis://HOST:PORT/DB, "
+            f"not {url!r}"
+        )
+    return SqliteHeldStore(path[1:])
 
 
 # -- the adapter ------------------------------------------------------------------------
@@ -305,41 +732,54 @@ class HeldStore:
 
 class GearmanAdapter(Adapter):
     capabilities: ClassVar[Capabilities] = Capabilities(
-        priority=emulated("three bands: 0-340 high, 341-682 normal, 683+ low; FIFO within a band"),
+        priority=emulated("three bands: 0-341 high, 342-682 normal, 683+ low (the seed's); FIFO within a band"),
         delay=native("SUBMIT_JOB_EPOCH to '<queue>@delayed', whole seconds rounded up; due ones run first"),
         ttr=missing("Gearman has no lease: a job comes back only when its worker's connection drops"),
         touch=emulated("a no-op: there is no lease to extend while the worker stays connected"),
         retry=emulated("re-submitted with attempts + 1 and the retry delay"),
-        hold=emulated("kept with reason and time in the held store (an SQLite file)"),
+        hold=emulated("kept with reason and time in the held store (an SQLite file or Redis)"),
         kick=emulated("re-submitted from the held store"),
         stats=emulated("admin 'prioritystatus' and 'status'; held from the held store"),
         blocking_reserve=native("PRE_SLEEP / NOOP; looks again every poll_interval for epochs falling due"),
         fifo=native("first in, first out within a band"),
         durable=False,
-        notes="jobs survive a gearmand restart only with a persistent queue (gearmand -q ...)",
+        notes="jobs survive a gearmand restart only with a persistent queue (gearmand -q ...); "
+        "deliveries are counted in the held store's ledger",
     )
+    #: a function name (MAX_FUNCTION bytes) must hold '<queue>@delayed'
+    max_queue_name: ClassVar[int | None] = MAX_FUNCTION - len(DELAYED_SUFFIX)
 
     def __init__(
         self,
         servers: Sequence[Address],
         *,
-        held_store: str = "lilqueue-gearman-held.db",
-        connect_timeout: float = 5.0,
-        io_timeout: float = 30.0,
+        held_store: str = DEFAULT_HELD_STORE,
+        connect_timeout: float = CONNECT_TIMEOUT,
+        io_timeout: float = IO_TIMEOUT,
         poll_interval: float = 0.5,
     ) -> None:
         if not servers:
             raise ConfigError("queue.gearman.servers: at least one server is needed")
         self.servers = [_Server(a, connect_timeout, io_timeout) for a in servers]
         self.poll_interval = poll_interval
-        self.store = HeldStore(held_store)
+        self.store = open_store(held_store, connect_timeout=connect_timeout, io_timeout=io_timeout)
         start = random.randrange(len(self.servers))  # short-lived producers do not all pick the first
         self._next_server = itertools.cycle([*range(start, len(self.servers)), *range(start)])
         self._wasted_wakes = 0
         self._grab_start = 0
 
     def __repr__(self) -> str:
-        return f"<GearmanAdapter {','.join(str(s.address) for s in self.servers)} held_store={self.store.path!r}>"
+        return f"<GearmanAdapter {','.join(str(s.address) for s in self.servers)} held_store={self.store.url!r}>"
+
+    @classmethod
+    def queue_name_problem(cls, name: str) -> str | None:
+        """The base rules (no control characters, at most 247 bytes so that
+        ``<name>@delayed`` fits a function name), and no name ending in ``@delayed``:
+        that is the function of another queue's delayed tasks."""
+        problem = super().queue_name_problem(name)
+        if problem is None and name.endswith(DELAYED_SUFFIX):
+            return f"a Gearman queue name must not end in {DELAYED_SUFFIX!r} (the function of delayed tasks)"
+        return problem
 
     @classmethod
     def from_config(cls, url: str | None, options: Mapping[str, Any]) -> GearmanAdapter:
@@ -359,13 +799,22 @@ class GearmanAdapter(Adapter):
     # -- producing ----------------------------------------------------------------------
 
     def put(self, queue: str, body: bytes, *, priority: int, delay: float, ttr: int) -> str:
-        unique = new_unique(priority, ttr)
+        return self._put(queue, new_unique(priority, ttr), body, priority, delay)
+
+    def _put(self, queue: str, unique: str, body: bytes, priority: int, delay: float) -> str:
         when = math.ceil(time.time() + delay) if delay > 0 else None
         function = queue if when is None else queue + DELAYED_SUFFIX
         server, handle = self._submit(function, unique, body, band(priority), when)
         if when is not None:
-            self.store.note_delayed(queue, unique, server.address, handle, when)
+            self._note_delayed(queue, unique, server, handle, when)
         return unique
+
+    def _note_delayed(self, queue: str, unique: str, server: _Server, handle: bytes, when: int) -> None:
+        """The job is in gearmand already: a store that fails only costs ``delete --id`` this job."""
+        try:
+            self.store.note_delayed(queue, unique, str(server.address), handle, when)
+        except LilqueueError as exc:
+            log.warning("delayed task %s submitted, but the held store did not note it: %s", unique, exc)
 
     def _submit(self, queue: str, unique: str, body: bytes, band: Band, when: int | None) -> tuple[_Server, bytes]:
         """Submit to the next server in turn, trying the others if it is down."""
@@ -381,10 +830,13 @@ class GearmanAdapter(Adapter):
     @staticmethod
     def _submit_to(server: _Server, queue: str, unique: str, body: bytes, band: Band, when: int | None) -> bytes:
         """Submit on the server's client connection; once more on a new one if the old one had gone
-        stale (gearmand restarted). The same unique key makes gearmand merge a job that did land."""
+        stale (gearmand restarted; not after a timeout). The same unique key makes gearmand merge
+        a job that did land."""
         stale = server.client.connected
         try:
             return server.client.submit(queue, unique, body, band=band, when=when)
+        except BackendTimeoutError:
+            raise
         except BackendConnectionError:
             if not stale:
                 raise
@@ -441,21 +893,38 @@ class GearmanAdapter(Adapter):
                 self._mark_down(server, exc)
                 continue
             if assignment is not None:
-                unique = assignment.unique or assignment.handle.decode("utf-8", "replace")
-                priority, ttr = parse_unique(assignment.unique)
-                receipt = _Receipt(server.worker, server.generation, assignment.handle)
-                queue = names.get(assignment.function, assignment.function)
-                return Job(unique, queue, assignment.data, priority, ttr, 1, receipt)
+                return self._job(server, assignment, names)
         if tried == failed:
             why = "; ".join(errors) or "every server failed recently"
             raise BackendConnectionError(f"no Gearman server reachable: {why}")
         return None
 
+    def _job(self, server: _Server, assignment: Assignment, names: Mapping[str, str]) -> Job:
+        """The Job for an assignment, its delivery counted in the ledger first.
+
+        If the ledger cannot count it, the job goes back to gearmand (the worker
+        connection is closed) and the store's error is raised: it never runs uncounted.
+        """
+        unique = assignment.unique
+        id = unique.decode("utf-8", "backslashreplace") if unique else assignment.handle.decode("ascii", "replace")
+        queue = names.get(assignment.function, assignment.function)
+        key = ledger_key(queue, unique, server.address, assignment.handle)
+        try:
+            deliveries, unfinished = self.store.deliver(key)
+        except LilqueueError as exc:
+            server.worker.close()
+            raise BackendConnectionError(f"job {id} handed back: the held store cannot count it: {exc}") from exc
+        priority, ttr = parse_unique(id)
+        receipt = _Receipt(server.worker, server.generation, assignment.handle, key)
+        return Job(id, queue, assignment.data, priority, ttr, deliveries, receipt, unfinished)
+
     def _grab_from(self, server: _Server, functions: tuple[str, ...]) -> Assignment | None:
-        """GRAB_JOB_UNIQ; once more on a new connection if the old one had gone stale."""
+        """GRAB_JOB_UNIQ; once more on a new connection if the old one had gone stale (not after a timeout)."""
         stale = server.worker.connected
         try:
             return self._worker(server, functions).grab()
+        except BackendTimeoutError:
+            raise
         except BackendConnectionError:
             if not stale:
                 raise
@@ -498,7 +967,7 @@ class GearmanAdapter(Adapter):
 
     # -- outcomes --------------------------------------------------------------------
 
-    def _conn(self, job: Job) -> tuple[Connection, bytes]:
+    def _receipt(self, job: Job) -> _Receipt:
         receipt = job.receipt
         if not isinstance(receipt, _Receipt):
             raise BackendError(f"job {job.id} was not reserved by this Gearman adapter")
@@ -507,18 +976,46 @@ class GearmanAdapter(Adapter):
             raise BackendConnectionError(
                 f"the connection that took job {job.id} is gone; gearmand hands the job to another worker"
             )
-        return receipt.conn, receipt.handle
+        return receipt
+
+    def _settle(self, job: Job, receipt: _Receipt) -> None:
+        """Forget the job's deliveries once it is completed. If the store fails, its entry
+        stays until swept (``LEDGER_KEEP``): nobody asks for a completed job's key again."""
+        try:
+            self.store.settle(receipt.key)
+        except LilqueueError as exc:
+            log.warning("job %s is done, but the held store did not forget its deliveries: %s", job.id, exc)
 
     def delete(self, job: Job) -> None:
-        """WORK_COMPLETE: gearmand forgets the job."""
-        conn, handle = self._conn(job)
-        conn.work_complete(handle)
+        """WORK_COMPLETE: gearmand forgets the job; then so does the ledger."""
+        receipt = self._receipt(job)
+        receipt.conn.work_complete(receipt.handle)
+        self._settle(job, receipt)
 
     def release(self, job: Job, *, priority: int, delay: float) -> None:
-        """Re-submit the same body (after ``delay``), then complete the old job."""
-        conn, handle = self._conn(job)
-        self.put(job.queue, job.body, priority=priority, delay=delay, ttr=job.ttr)
-        conn.work_complete(handle)
+        """Re-submit the same body (after ``delay``), then complete the old job.
+
+        The new job's ledger entry is written first: it goes on from this job's
+        deliveries, all of them settled (this one has its outcome: a retry).
+        """
+        receipt = self._receipt(job)
+        unique = new_unique(priority, job.ttr)
+        self.store.carry(ledger_key(job.queue, unique.encode()), job.deliveries)
+        self._put(job.queue, unique, job.body, priority, delay)
+        receipt.conn.work_complete(receipt.handle)
+        self._settle(job, receipt)
+
+    def unreserve(self, job: Job) -> None:
+        """Hand a job back unstarted and uncounted: the ledger takes back its delivery, then
+        the connection that took it is closed (gearmand's only way to take a job back).
+
+        The job keeps its place, id, priority and deliveries (a re-submit would lose them).
+        """
+        receipt = self._receipt(job)
+        try:
+            self.store.undeliver(receipt.key)
+        finally:
+            receipt.conn.close()
 
     def bury(self, job: Job, *, reason: str) -> None:
         """Write the task to the held store, then complete its job (never the other way round).
@@ -526,17 +1023,18 @@ class GearmanAdapter(Adapter):
         If the held store fails, the worker connection is dropped so that gearmand hands
         the job out again (Gearman has no other way to give a job back).
         """
-        conn, handle = self._conn(job)
+        receipt = self._receipt(job)
         try:
             self.store.hold(job.queue, job.id, job.body, job.priority, job.ttr, reason)
-        except BackendError as exc:
-            conn.close()
+        except LilqueueError as exc:
+            receipt.conn.close()
             raise BackendConnectionError(f"could not hold job {job.id}, so gearmand gets it back: {exc}") from exc
-        conn.work_complete(handle)
+        receipt.conn.work_complete(receipt.handle)
+        self._settle(job, receipt)
 
     def touch(self, job: Job) -> None:
         """Nothing to extend: the job is ours while the connection that took it is open."""
-        self._conn(job)
+        self._receipt(job)
 
     # -- operating ---------------------------------------------------------------------
 
@@ -553,7 +1051,7 @@ class GearmanAdapter(Adapter):
             except BaseException:
                 self.store.unclaim(rows[done:])
                 raise
-            self.store.forget(row.seq)
+            self.store.forget(row)
         return len(rows)
 
     def delete_id(self, queue: str, id: str) -> bool:
@@ -623,7 +1121,7 @@ class GearmanAdapter(Adapter):
 # -- configuration ------------------------------------------------------------------------
 
 
-def _parse_url(url: str) -> tuple[list[Address], dict[str, str]]:
+def _parse_url(url: str) -> tuple[list[Address], dict[str, Any]]:
     scheme, sep, rest = url.partition("://")
     if not sep or scheme.lower() != "gearman":
         raise ConfigError(f"queue.backend: Gearman URLs look like gearman://host:port[,host:port], not {url!r}")
@@ -635,7 +1133,7 @@ def _parse_url(url: str) -> tuple[list[Address], dict[str, str]]:
             servers.append(parse_address(unquote(part)))
         except ValueError as exc:
             raise ConfigError(f"queue.backend: {exc} in {url!r}") from None
-    return servers, dict(parse_qsl(query, keep_blank_values=True))
+    return servers, {key: _query_value(key, text) for key, text in parse_qsl(query, keep_blank_values=True)}
 
 
 def _servers_option(value: Any) -> list[Address]:
@@ -660,23 +1158,30 @@ def _servers_option(value: Any) -> list[Address]:
 
 
 def _option(key: str, value: Any) -> Any:
+    """One ``[queue.gearman]`` option (or URL query value, already a number where it should be)."""
     where = f"queue.gearman.{key}"
     if key == "held_store":
-        return _held_store_path(where, value)
-    if key in ("connect_timeout", "io_timeout", "poll_interval"):
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            number = -1.0
-        if isinstance(value, bool) or not 0 < number < 86400:
-            raise ConfigError(f"{where}: must be a positive number of seconds, not {value!r}")
-        return number
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: must be a path, sqlite:///PATH or redis://HOST:PORT/DB, not {value!r}")
+        return value
+    if key in _SECONDS:
+        return _seconds(where, value)
     raise ConfigError(f"{where}: unknown option (expected {', '.join(OPTIONS)})")
 
 
-def _held_store_path(where: str, value: Any) -> str:
-    if not isinstance(value, str) or not value.startswith("sqlite:///") or value == "sqlite:///":
-        raise ConfigError(
-            f"{where}: must be an SQLite URL like sqlite:///relative.db or sqlite:////abs/path.db, not {value!r}"
-        )
-    return unquote(value.removeprefix("sqlite:///").partition("?")[0])
+def _seconds(where: str, value: Any) -> float:
+    """A finite number of seconds, > 0 and at most a day (NaN, infinities, 0, text refused)."""
+    number = value if isinstance(value, int | float) and not isinstance(value, bool) else math.nan
+    if not 0 < number <= MAX_TIMEOUT:  # NaN fails both comparisons
+        raise ConfigError(f"{where}: must be a number of seconds > 0 and at most {MAX_TIMEOUT:.0f}, not {value!r}")
+    return float(number)
+
+
+def _query_value(key: str, text: str) -> Any:
+    """A URL query value: the seconds options as numbers (``nan``, ``inf`` are then refused)."""
+    if key not in _SECONDS:
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise ConfigError(f"queue.gearman.{key}: must be a number of seconds, not {text!r}") from None

@@ -7,6 +7,15 @@ taking them as a worker (``CAN_DO``, ``GRAB_JOB_UNIQ``, ``PRE_SLEEP``/``NOOP``),
 finishing them (``WORK_COMPLETE``/``WORK_FAIL``), and the admin commands
 ``status``, ``prioritystatus``, ``workers``, ``version`` and ``cancel job``.
 
+The admin listings are one line per function, and gearmand prints a function's name
+as it is: any client can submit to a function named ``"x\\nmail\\t9"`` and put
+lines of its own, or a lone ``.``, into every listing. So a listing is sent followed
+by a binary ``ECHO_REQ`` carrying a random nonce (gearmand takes both protocols on one
+connection), and its answer ends where the ``ECHO_RES`` with that nonce begins: a
+function name cannot hold the NUL bytes of a binary header, nor guess the nonce.
+Lines that do not parse are skipped, with the line after them (the tail of the broken
+name); nothing a client names a function can break the stats of another.
+
 A packet is a 12-byte header -- ``\\0REQ`` or ``\\0RES``, then the command and the
 length of the data, both big-endian 32-bit -- and the data: the arguments
 separated by NUL bytes, the last one raw (it may itself hold NULs). Payloads are
@@ -22,6 +31,8 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import logging
+import os
 import select
 import socket
 import struct
@@ -31,12 +42,19 @@ from typing import Literal
 
 from lilqueue.errors import BackendConnectionError, BackendError, BackendTimeoutError
 
+log = logging.getLogger(__name__)
+
 REQ = b"\0REQ"
 RES = b"\0RES"
 HEADER = struct.Struct(">4sII")
 DEFAULT_PORT = 4730
-#: gearmand refuses longer function names and unique keys (GEARMAN_MAX_UNIQUE_SIZE)
+#: gearmand refuses longer unique keys (GEARMAN_MAX_UNIQUE_SIZE)
 MAX_UNIQUE = 64
+#: the longest function name this client sends (gearmand 1.1 takes longer ones, libgearman 512)
+MAX_FUNCTION = 255
+#: seconds to connect, and to wait for an answer the server owes us
+CONNECT_TIMEOUT = 3.0
+IO_TIMEOUT = 5.0
 #: a defence against a corrupt stream: no packet we expect is near this size
 MAX_PACKET = 1 << 30
 
@@ -144,11 +162,11 @@ class Packet:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Assignment:
-    """A job handed to this worker by ``JOB_ASSIGN_UNIQ``."""
+    """A job handed to this worker by ``JOB_ASSIGN_UNIQ``; ``unique`` as sent (any bytes, maybe empty)."""
 
     handle: bytes
     function: str
-    unique: str
+    unique: bytes
     data: bytes
 
 
@@ -243,7 +261,9 @@ class Connection:
     the server owes us (a request's reply). Both in seconds.
     """
 
-    def __init__(self, address: Address, *, connect_timeout: float = 5.0, io_timeout: float = 30.0) -> None:
+    def __init__(
+        self, address: Address, *, connect_timeout: float = CONNECT_TIMEOUT, io_timeout: float = IO_TIMEOUT
+    ) -> None:
         self.address = address
         self.connect_timeout = connect_timeout
         self.io_timeout = io_timeout
@@ -251,7 +271,7 @@ class Connection:
         self._decoder = Decoder()
 
     @classmethod
-    def wrap(cls, sock: socket.socket, address: Address | None = None, *, io_timeout: float = 30.0) -> Connection:
+    def wrap(cls, sock: socket.socket, address: Address | None = None, *, io_timeout: float = IO_TIMEOUT) -> Connection:
         """A connection over an already connected socket (tests feed socketpairs)."""
         conn = cls(address or Address("socket"), io_timeout=io_timeout)
         conn._sock = sock
@@ -386,7 +406,7 @@ class Connection:
                 return None
             if packet.command == Command.JOB_ASSIGN_UNIQ:
                 handle, function, unique, data = packet.args
-                return Assignment(handle, function.decode("utf-8", "replace"), unique.decode("utf-8", "replace"), data)
+                return Assignment(handle, function.decode("utf-8", "replace"), unique, data)
             if packet.command == Command.ERROR:
                 code, text = (a.decode("utf-8", "replace") for a in packet.args)
                 raise GearmanProtocolError(f"gearmand {self.address}: GRAB_JOB_UNIQ failed: {code}: {text}")
@@ -457,9 +477,11 @@ class WorkerInfo:
 
 
 class Admin:
-    """The text protocol on its own connection: one line out, a line or a ``.``-ended list back."""
+    """The text protocol on its own connection: one line out, one line or a listing back."""
 
-    def __init__(self, address: Address, *, connect_timeout: float = 5.0, io_timeout: float = 10.0) -> None:
+    def __init__(
+        self, address: Address, *, connect_timeout: float = CONNECT_TIMEOUT, io_timeout: float = IO_TIMEOUT
+    ) -> None:
         self.conn = Connection(address, connect_timeout=connect_timeout, io_timeout=io_timeout)
         self._buffer = bytearray()
 
@@ -467,84 +489,88 @@ class Admin:
         self.conn.close()
         self._buffer.clear()
 
-    def command(self, line: str, *, multiline: bool = True) -> list[str]:
-        """Send one admin command; return the answer's lines (without the final ``.``)."""
-        if "\n" in line or "\r" in line:
-            raise ValueError("an admin command is one line")
-        self.conn.send_raw(line.encode("utf-8") + b"\n")
-        lines: list[str] = []
-        while True:
-            text = self._line()
-            if text.startswith("ERR ") and not lines:
-                raise GearmanProtocolError(f"gearmand {self.conn.address}: {line!r}: {text}")
-            if not multiline:
-                return [text]
-            if text == ".":
-                return lines
-            lines.append(text)
-
-    def _line(self) -> str:
-        sock = self.conn.connect()
-        deadline = time.monotonic() + self.conn.io_timeout
-        while (end := self._buffer.find(b"\n")) < 0:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                self.close()
-                raise BackendTimeoutError(f"gearmand {self.conn.address}: admin answer timed out")
-            try:
-                sock.settimeout(left)
-                data = sock.recv(65536)
-            except TimeoutError:
-                continue
-            except OSError as exc:
-                self.close()
-                raise BackendConnectionError(f"gearmand {self.conn.address}: connection lost: {exc}") from exc
-            if not data:
-                self.close()
-                raise BackendConnectionError(f"gearmand {self.conn.address}: connection closed during an admin command")
-            self._buffer += data
-        text = self._buffer[:end].decode("utf-8", "replace").rstrip("\r")
-        del self._buffer[: end + 1]
+    def command(self, line: str) -> str:
+        """Send one admin command whose answer is one line (``version``, ``cancel job``); return it."""
+        self.conn.send_raw(_admin_line(line))
+        text = self._until(b"\n").decode("utf-8", "replace").rstrip("\r")
+        if text.startswith("ERR "):
+            raise GearmanProtocolError(f"gearmand {self.conn.address}: {line!r}: {text}")
         return text
+
+    def listing(self, line: str) -> list[str]:
+        """Send an admin command whose answer is a ``.``-ended listing; return its lines.
+
+        The end is found by the echo of a nonce sent right after the command, not by the
+        ``.``, which a function's name may hold (see the module docstring).
+        """
+        nonce = os.urandom(16).hex().encode("ascii")
+        self.conn.send_raw(_admin_line(line) + encode(Command.ECHO_REQ, nonce))
+        text = self._until(encode(Command.ECHO_RES, nonce, magic=RES)).decode("utf-8", "replace")
+        if text.startswith("ERR "):
+            raise GearmanProtocolError(f"gearmand {self.conn.address}: {line!r}: {text.strip()}")
+        lines = text.split("\n")
+        if lines[-2:] != [".", ""]:
+            self.close()
+            raise GearmanProtocolError(f"gearmand {self.conn.address}: {line!r}: the listing does not end in '.'")
+        return lines[:-2]
+
+    def _until(self, marker: bytes) -> bytes:
+        """The bytes up to ``marker`` (which is consumed), reading within ``io_timeout``."""
+        deadline = time.monotonic() + self.conn.io_timeout
+        while (end := self._buffer.find(marker)) < 0:
+            self._read(deadline)
+        data = bytes(self._buffer[:end])
+        del self._buffer[: end + len(marker)]
+        return data
+
+    def _read(self, deadline: float) -> None:
+        sock = self.conn.connect()
+        left = deadline - time.monotonic()
+        try:
+            if left <= 0:
+                raise TimeoutError
+            sock.settimeout(left)
+            data = sock.recv(65536)
+        except TimeoutError:
+            self.close()
+            raise BackendTimeoutError(f"gearmand {self.conn.address}: admin answer timed out") from None
+        except OSError as exc:
+            self.close()
+            raise BackendConnectionError(f"gearmand {self.conn.address}: connection lost: {exc}") from exc
+        if not data:
+            self.close()
+            raise BackendConnectionError(f"gearmand {self.conn.address}: connection closed during an admin command")
+        self._buffer += data
 
     def status(self) -> dict[str, FunctionStatus]:
         """``status``: per function, total (waiting + running), running, workers."""
-        result = {}
-        for line in self.command("status"):
-            name, *numbers = line.rsplit("\t", 3)
-            total, running, workers = _ints(numbers, 3, line)
-            result[name] = FunctionStatus(name, total, running, workers)
-        return result
+        table = _table(self.listing("status"), 3, self.conn.address)
+        return {name: FunctionStatus(name, *numbers) for name, numbers in table.items()}
 
     def priority_status(self) -> dict[str, PriorityStatus]:
         """``prioritystatus``: per function, jobs waiting in the high, normal and low bands."""
-        result = {}
-        for line in self.command("prioritystatus"):
-            name, *numbers = line.rsplit("\t", 4)
-            high, normal, low, workers = _ints(numbers, 4, line)
-            result[name] = PriorityStatus(name, high, normal, low, workers)
-        return result
+        table = _table(self.listing("prioritystatus"), 4, self.conn.address)
+        return {name: PriorityStatus(name, *numbers) for name, numbers in table.items()}
 
     def workers(self) -> list[WorkerInfo]:
-        """``workers``: every connection, with the functions it registered."""
+        """``workers``: every connection, with the functions it registered (lines that do not parse are skipped)."""
         result = []
-        for line in self.command("workers"):
-            head, _, functions = line.partition(" : ")
-            if not _:
+        for line in self.listing("workers"):
+            head, colon, functions = line.partition(" : ")
+            if not colon:
                 head, functions = line.rstrip(":").rstrip(), ""
             parts = head.split(" ", 2)
-            if len(parts) != 3 or not parts[0].lstrip("-").isdigit():
-                raise GearmanProtocolError(f"gearmand {self.conn.address}: bad 'workers' line {line!r}")
-            result.append(WorkerInfo(int(parts[0]), parts[1], parts[2], tuple(functions.split())))
+            if len(parts) == 3 and parts[0].lstrip("-").isdigit():
+                result.append(WorkerInfo(int(parts[0]), parts[1], parts[2], tuple(functions.split())))
         return result
 
     def version(self) -> str:
-        return self.command("version", multiline=False)[0].removeprefix("OK ").strip()
+        return self.command("version").removeprefix("OK ").strip()
 
     def cancel(self, handle: bytes) -> bool:
         """``cancel job``: the job is dropped when it reaches a worker. False if the server has no such job."""
         try:
-            answer = self.command(f"cancel job {handle.decode('ascii')}", multiline=False)[0]
+            answer = self.command(f"cancel job {handle.decode('ascii', 'replace')}")
         except GearmanProtocolError as exc:
             if "UNKNOWN_JOB" in str(exc):
                 return False
@@ -552,20 +578,45 @@ class Admin:
         return answer.startswith("OK")
 
 
-def _ints(numbers: Sequence[str], count: int, line: str) -> list[int]:
-    try:
-        values = [int(n) for n in numbers]
-    except ValueError:
-        values = []
-    if len(values) != count:
-        raise GearmanProtocolError(f"bad admin status line {line!r}")
-    return values
+def _admin_line(line: str) -> bytes:
+    if "\n" in line or "\r" in line or "\0" in line:
+        raise ValueError("an admin command is one line")
+    return line.encode("utf-8") + b"\n"
+
+
+def _table(lines: Sequence[str], count: int, address: Address) -> dict[str, tuple[int, ...]]:
+    """``name<TAB>n<TAB>n...`` lines as {name: numbers}.
+
+    A line that does not parse is part of a function name holding a newline, and so is
+    the first line that parses after it (the name's tail): both are skipped. A name seen
+    twice (a name forging a whole line) keeps its first figures.
+    """
+    table: dict[str, tuple[int, ...]] = {}
+    broken = False
+    for line in lines:
+        name, *fields = line.rsplit("\t", count)
+        numbers = _ints(fields, count)
+        if numbers is None:
+            broken = True
+        elif broken:
+            broken = False
+        elif name not in table:
+            table[name] = numbers
+    if len(table) < len(lines):
+        log.debug("gearmand %s: skipped %d admin lines of oddly named functions", address, len(lines) - len(table))
+    return table
+
+
+def _ints(fields: Sequence[str], count: int) -> tuple[int, ...] | None:
+    if len(fields) != count or not all(f.isascii() and f.isdigit() for f in fields):
+        return None
+    return tuple(int(f) for f in fields)
 
 
 def _name(text: str, what: str) -> bytes:
     data = text.encode("utf-8")
-    if not data or b"\0" in data or len(data) > 255:
-        raise ValueError(f"a Gearman {what} name must be 1-255 bytes without NUL: {text!r}")
+    if not data or b"\0" in data or len(data) > MAX_FUNCTION:
+        raise ValueError(f"a Gearman {what} name must be 1-{MAX_FUNCTION} bytes without NUL: {text!r}")
     return data
 
 
