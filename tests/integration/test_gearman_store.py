@@ -1,0 +1,183 @@
+"""The Gearman held store (held tasks, delayed jobs, the delivery ledger) on SQLite and on a
+real redis-server, and a Gearman adapter whose workers share a Redis held store."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+
+from lilqueue.adapters import gearman
+from lilqueue.adapters.gearman import GearmanAdapter, HeldStore, open_store
+from lilqueue.errors import BackendConnectionError
+from tests.servers import Server, binary, free_port, require_module
+
+
+def start_redis(port: int) -> Server:
+    argv = [binary("redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    return Server(argv, port).start()
+
+
+def start_gearmand() -> Server:
+    port = free_port()
+    argv = [binary("gearmand"), "--listen=127.0.0.1", f"--port={port}", "--log-file=none", "--threads=2"]
+    return Server(argv, port).start()
+
+
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[Server]:
+    require_module("redis")
+    server = start_redis(free_port())
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def gearmand() -> Iterator[Server]:
+    server = start_gearmand()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/held.db"
+    server: Server = request.getfixturevalue("redis_server")
+    url = f"redis://127.0.0.1:{server.port}/1"
+    store = open_store(url)
+    assert isinstance(store, gearman.RedisHeldStore)
+    store.redis.flushdb()  # the tests of this module share the server
+    store.close()
+    return url
+
+
+@pytest.fixture
+def store(store_url: str) -> Iterator[HeldStore]:
+    opened = open_store(store_url)
+    yield opened
+    opened.close()
+
+
+def test_holds_are_listed_oldest_first_with_any_reason(store: HeldStore) -> None:
+    store.hold("mail", "a", b"\x00body a\xff", 5, 60, "first")
+    store.hold("mail", "b\udc80", b"body b", 6, 61, "lone \udc80 surrogate, and \ud800 another")
+    store.hold("other", "c", b"body c", 7, 62, "elsewhere")
+    held = store.held("mail", 10)
+    assert [(h.id, h.body, h.reason) for h in held] == [
+        ("a", b"\x00body a\xff", "first"),
+        ("b\\udc80", b"body b", "lone \\udc80 surrogate, and \\ud800 another"),
+    ]
+    assert held[0].held_at is not None and abs(held[0].held_at - time.time()) < 60
+    assert [h.id for h in store.held("mail", 1)] == ["a"]
+    assert (store.count("mail"), store.count("other"), store.count("none")) == (2, 1, 0)
+
+
+def test_a_kick_claims_then_forgets_and_a_failed_one_gives_back(store: HeldStore) -> None:
+    for i in range(3):
+        store.hold("mail", f"t{i}", b"%d" % i, i, 60 + i, "why")
+    (row,) = store.claim("mail", 1)
+    assert (row.id, row.body, row.priority, row.ttr) == ("t0", b"0", 0, 60)
+    assert [h.id for h in store.held("mail", 10)] == ["t1", "t2"] and store.count("mail") == 2
+    assert not store.delete("mail", "t0")  # claimed: not deleted under a kicker's feet
+    store.unclaim([row])
+    assert store.count("mail") == 3
+    (again,) = store.claim("mail", 1, "t2")
+    store.hold("mail", "t2", b"held again", 2, 62, "a later copy")  # held again while being kicked
+    store.forget(again)  # forgets the claimed copy only
+    assert [h.body for h in store.held("mail", 10)] == [b"0", b"1", b"held again"]
+    assert store.delete("mail", "t1") and not store.delete("mail", "t1")
+    assert store.claim("mail", 5, "nope") == []
+
+
+def test_a_claim_of_a_kicker_that_died_lapses(store: HeldStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    store.hold("mail", "t", b"x", 1, 60, "why")
+    assert len(store.claim("mail", 5)) == 1 and store.count("mail") == 0
+    monkeypatch.setattr(gearman, "KICK_CLAIM_TIMEOUT", -1.0)  # as if the claim were old
+    assert store.count("mail") == 1 and [h.id for h in store.held("mail", 5)] == ["t"]
+
+
+def test_the_delayed_ledger_cancels_once(store: HeldStore) -> None:
+    due = time.time() + 60
+    store.note_delayed("mail", "d1", "127.0.0.1:4730", b"H:x:1", due)
+    assert store.cancelled_waiting("mail", 5) == 0
+    assert store.cancel_delayed("mail", "d1") == ("127.0.0.1:4730", b"H:x:1")
+    assert store.cancel_delayed("mail", "d1") is None
+    assert store.cancel_delayed("mail", "nope") is None
+    assert store.cancelled_waiting("mail", 5) == 1
+    store.uncancel_delayed("mail", "d1")
+    assert store.cancelled_waiting("mail", 5) == 0
+
+
+def test_the_delivery_ledger(store: HeldStore) -> None:
+    key = b"mail\0" + bytes(range(256))  # any bytes: a unique key from any client
+    assert store.deliver(key) == (1, 0)
+    assert store.deliver(key) == (2, 1)  # the first delivery reached no outcome
+    store.undeliver(key)  # handed back unstarted
+    assert store.deliver(key) == (2, 1)
+    store.settle(key)
+    assert store.deliver(key) == (1, 0)
+    store.carry(b"mail\0next", 3)  # a release: deliveries go on, all settled
+    assert store.deliver(b"mail\0next") == (4, 0)
+    assert store.deliver(b"mail\0next") == (5, 1)
+
+
+def test_two_processes_share_one_store(store_url: str) -> None:
+    first = open_store(store_url)
+    second = open_store(store_url)
+    first.hold("mail", "t", b"x", 1, 60, "why")
+    assert first.deliver(b"k") == (1, 0)
+    assert [h.id for h in second.held("mail", 5)] == ["t"]
+    assert second.deliver(b"k") == (2, 1)
+    first.close()
+    second.close()
+
+
+# -- a Gearman adapter on a Redis held store --------------------------------------------------
+
+
+def gearman_url(gearmand: Server, store: str) -> str:
+    return f"gearman://127.0.0.1:{gearmand.port}?held_store={quote(store, safe='')}&poll_interval=0.2"
+
+
+def test_workers_on_two_machines_count_the_same_deliveries(redis_server: Server, gearmand: Server) -> None:
+    url = gearman_url(gearmand, f"redis://127.0.0.1:{redis_server.port}/0")
+    queue = f"gm-{uuid.uuid4().hex[:8]}"
+    first = GearmanAdapter.from_config(url, {})
+    second = GearmanAdapter.from_config(url, {})
+    first.put(queue, b"job", priority=1, delay=0, ttr=60)
+    job = first.reserve([queue], 5)
+    assert job is not None and (job.deliveries, job.unfinished) == (1, 0)
+    first.close()  # the first machine's worker died mid-task
+    again = second.reserve([queue], 5)
+    assert again is not None and (again.id, again.deliveries, again.unfinished) == (job.id, 2, 1)
+    second.bury(again, reason="held on the second machine \udc80")
+    (held,) = GearmanAdapter.from_config(url, {}).held(queue)
+    assert (held.id, held.reason) == (job.id, "held on the second machine \\udc80")
+    second.close()
+
+
+def test_a_held_store_that_is_down_hands_the_job_back(gearmand: Server) -> None:
+    redis_server = start_redis(free_port())
+    url = gearman_url(gearmand, f"redis://127.0.0.1:{redis_server.port}/0?")
+    queue = f"gm-{uuid.uuid4().hex[:8]}"
+    adapter = GearmanAdapter.from_config(url, {"connect_timeout": 1, "io_timeout": 1})
+    try:
+        adapter.put(queue, b"job", priority=1, delay=0, ttr=60)
+        redis_server.kill()
+        started = time.monotonic()
+        with pytest.raises(BackendConnectionError, match="handed back"):
+            adapter.reserve([queue], 5)
+        assert time.monotonic() - started < 3
+        redis_server.start()
+        job = adapter.reserve([queue], 5)
+        assert job is not None and job.body == b"job"
+        assert (job.deliveries, job.unfinished) == (1, 0)  # the grab the store missed did not run
+        adapter.delete(job)
+    finally:
+        adapter.close()
+        redis_server.stop()
