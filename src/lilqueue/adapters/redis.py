@@ -3,13 +3,19 @@
 Every queue lives under keys named from its (prefixed) name ``Q``::
 
     Q:seq         string  the last task id given out (INCR)
-    Q:job:ID      hash    one task: body, pri, ttr, n (deliveries), reason, at (held at, epoch s)
+    Q:job:ID      hash    one task: body, pri, ttr; n (times handed out), u (of those, handed back
+                          unstarted), s (deliveries at the last outcome); reason, at (held at, epoch s)
     Q:ready       zset    ready tasks: score = priority, member = the id zero-padded to 16 digits,
                           so equal priorities come out in id (FIFO) order
     Q:delayed     zset    delayed tasks: score = when due (server clock, epoch ms), member = id
     Q:reserved    zset    leases: score = when the lease lapses (epoch ms), member = id
     Q:held        zset    held tasks: score = when held (epoch ms), member = id
     Q:wake        list    at most a token or two: what an idle worker's BLPOP waits on
+
+Another client adds a task as ``ID = INCR Q:seq``, then in one MULTI: ``HSET Q:job:ID body
+<payload> pri 1024 ttr 60 n 0``, ``ZADD Q:ready 1024 <ID zero-padded to 16>``, ``RPUSH Q:wake
+1``, ``LTRIM Q:wake 0 0``. Ids are decimal numbers, so no key of one queue is ever a key of
+another, whatever the names (``a:job`` next to ``a``, say).
 
 Every state change is one Lua script (EVALSHA), so it is atomic and takes one round
 trip. A reserve moves due delays and lapsed leases to ``ready`` and leases the most
@@ -18,12 +24,23 @@ time, and the worker blocks in ``BLPOP`` on the queues' wake lists until a produ
 pushes a token or that time comes (no polling while idle), with the take script sent
 behind the ``BLPOP`` in the same write. ``n`` counts deliveries and fences a worker whose
 lease lapsed: its delete, release, bury or touch no longer match once another worker has
-taken the task.
+taken the task. ``Job.deliveries`` is ``n - u`` and ``Job.unfinished`` is ``n - u - 1 - s``:
+a release, bury or kick sets ``s``, and handing a task back unstarted (``unreserve``) adds to
+``u``, so that delivery never counts.
+
+Lua does not roll back a script that fails half-way, so every script reads and checks
+before its first write: key types (a queue whose sets are not sorted sets is refused with
+an error naming the key, and skipped by a worker that watches others), and every field of
+a task record. A record the scripts cannot use (``ttr`` "nan", ``n`` "inf", no body, a
+string where the hash should be, an entry in ``ready`` that is not an id) is held with a
+reason that names what was wrong, its bad fields replaced by safe values so that a kick
+runs it: never lost, never run with a guess, never an error in the middle of a script.
 
 A delete (the ack) is pipelined: written at once with MSG_MORE, so it leaves in the same
 segment as the next request, and its reply is read with that request's. A busy worker
 thus spends one round trip per task, not two. redis-py connects and authenticates;
-requests and replies then go straight over its socket (``_Link``).
+requests and replies then go straight over its socket (``_Link``). A connection gives up
+after ``connect_timeout`` (3 s) to connect and ``io_timeout`` (5 s) for a reply.
 """
 
 from __future__ import annotations
@@ -902,7 +919,7 @@ def _parse_url(url: str) -> dict[str, Any]:
         raise ConfigError(f"queue.backend: not a Redis URL ({exc}): {url!r}") from None
     if parts.scheme != "redis":
         raise ConfigError(f"queue.backend: Redis URLs look like redis://HOST:PORT/DB, not {url!r}")
-    values: dict[str, Any] = dict(parse_qsl(parts.query))
+    values: dict[str, Any] = dict(parse_qsl(parts.query, keep_blank_values=True))
     if parts.hostname:
         values["host"] = parts.hostname
     if port is not None:
