@@ -45,3 +45,9 @@ def slow(task: lilqueue.Task) -> None:
 def hold(task: lilqueue.Task) -> None:
     record(task, "hold")
     task.hold(task.data.get("reason", "needs a human"))
+
+
+@queue.worker("fail")
+def fail(task: lilqueue.Task) -> None:
+    record(task, "fail")
+    raise RuntimeError("this worker always fails")

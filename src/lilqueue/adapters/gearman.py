@@ -817,15 +817,20 @@ class GearmanAdapter(Adapter):
             log.warning("delayed task %s submitted, but the held store did not note it: %s", unique, exc)
 
     def _submit(self, queue: str, unique: str, body: bytes, band: Band, when: int | None) -> tuple[_Server, bytes]:
-        """Submit to the next server in turn, trying the others if it is down."""
-        failures: list[str] = []
+        """Submit to the next server in turn, trying the others if it is down.
+
+        BackendTimeoutError when every server timed out, else BackendConnectionError.
+        """
+        failures: list[BackendConnectionError] = []
         for _ in range(len(self.servers)):
             server = self.servers[next(self._next_server)]
             try:
                 return server, self._submit_to(server, queue, unique, body, band, when)
             except BackendConnectionError as exc:
-                failures.append(str(exc))
-        raise BackendConnectionError("no Gearman server took the job: " + "; ".join(failures))
+                failures.append(exc)
+        timeouts = all(isinstance(exc, BackendTimeoutError) for exc in failures)
+        kind = BackendTimeoutError if timeouts else BackendConnectionError
+        raise kind("no Gearman server took the job: " + "; ".join(map(str, failures))) from failures[-1]
 
     @staticmethod
     def _submit_to(server: _Server, queue: str, unique: str, body: bytes, band: Band, when: int | None) -> bytes:
