@@ -46,8 +46,8 @@ def test_url_options_and_servers_option() -> None:
     [
         (None, {"wat": 1}, "queue.beanstalkd.wat: unknown option"),
         ("beanstalkd://h:1?wat=2", {}, "queue.beanstalkd.wat: unknown option"),
-        (None, {"connect_timeout": 0}, "queue.beanstalkd.connect_timeout: must be a positive number"),
-        (None, {"io_timeout": "soon"}, "queue.beanstalkd.io_timeout: must be a positive number"),
+        (None, {"connect_timeout": 0}, "queue.beanstalkd.connect_timeout: must be a finite number of seconds above 0"),
+        (None, {"io_timeout": "soon"}, "queue.beanstalkd.io_timeout: must be a finite number of seconds above 0"),
         (None, {"servers": []}, "queue.beanstalkd.servers: must be a non-empty list"),
         (None, {"servers": [{"host": "a", "prot": 1}]}, r"queue.beanstalkd.servers\[0\].prot: unknown key"),
         (None, {"servers": [{"host": "a", "port": "x"}]}, r"queue.beanstalkd.servers\[0\].port: must be a port"),

@@ -67,6 +67,7 @@ is not thread-safe; the App makes one adapter per thread). Times are in seconds.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -82,7 +83,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from typing import Any, ClassVar, NamedTuple, TypeVar
 from urllib.parse import parse_qsl
 
@@ -113,6 +113,7 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 11300
 DEFAULT_MAX_JOB_SIZE = 65_535
 HELD_PREFIX = "lilqueue-held/"
+SETTLED_PREFIX = "lilqueue-settled/"
 MAX_TUBE = 200
 #: seconds after a lease's TTR before the nudger pokes its connection
 NUDGE_MARGIN = 0.1
@@ -179,6 +180,19 @@ class _Client(greenstalk.Client[bytes]):
         return bytes(data[:-2])
 
 
+class _Counts(NamedTuple):
+    """What a reserved job's ``stats-job`` and settle marker tell of its earlier deliveries."""
+
+    #: earlier deliveries that never reached an outcome, ever: reserves - 1 - releases - buries
+    unsettled: int = 0
+    #: of those, how many a retry or a kick settled (the marker's ``base``)
+    base: int = 0
+    #: reservations handed back unstarted, which do not count (the marker's ``skip``)
+    skip: int = 0
+    #: the marker's job id, if it has one
+    marker: int | None = None
+
+
 class _Lease(NamedTuple):
     """``Job.receipt``: which connection (and which life of it) reserved which job."""
 
@@ -186,6 +200,7 @@ class _Lease(NamedTuple):
     generation: int
     jid: int
     reserves: int
+    counts: _Counts = _Counts()
 
 
 class _Conn:
@@ -287,7 +302,7 @@ class _Conn:
             except greenstalk.NotFoundError:
                 log.debug("a pipelined delete on %s found no job (its lease had lapsed)", self.key)
 
-    @contextmanager
+    @contextlib.contextmanager
     def session(self) -> Iterator[_Client]:
         """Exclusive use of the settled connection; driver errors become lilqueue's."""
         with self.lock:
@@ -319,6 +334,33 @@ class _Conn:
             if tube not in tubes:
                 client.ignore(tube)
         self.watched = tubes
+
+    # -- settle markers (see the module doc) ------------------------------------------
+
+    def peek_marker(self, client: _Client, tube: str) -> tuple[int, dict[str, Any]] | None:
+        """The oldest ready job of ``tube`` (a settle marker's tube): its id and fields, or None."""
+        client.send(b"use %b\r\npeek-ready\r\n" % tube.encode())
+        client.reply(b"USING")
+        self.used = tube
+        try:
+            jid, size = client.reply(b"FOUND")
+        except greenstalk.NotFoundError:
+            return None
+        return int(jid), _loads(client.chunk(int(size)))
+
+    def write_marker(self, client: _Client, tube: str, base: int, skip: int) -> None:
+        """Leave exactly one marker ``{base, skip}`` in ``tube``, or none when both are 0."""
+        for _ in range(100):  # a marker left by a race, or put there by another client
+            found = self.peek_marker(client, tube)
+            if found is None:
+                break
+            client.send(b"delete %d\r\n" % found[0])
+            with contextlib.suppress(greenstalk.NotFoundError):
+                client.reply(b"DELETED")
+        if base or skip:
+            body = json.dumps({"base": base, "skip": skip}).encode()
+            client.send(b"put 0 0 3600 %d\r\n%b\r\n" % (len(body), body))
+            client.reply(b"INSERTED")
 
     # -- leases, for the nudger ------------------------------------------------------
 
@@ -423,7 +465,9 @@ class BeanstalkdAdapter(Adapter):
         notes="durable when beanstalkd runs with a binlog (-b DIR); ids are host:port/id in a pool",
     )
 
-    def __init__(self, servers: Sequence[Server], *, connect_timeout: float = 2.0, io_timeout: float = 10.0) -> None:
+    max_queue_name: ClassVar[int | None] = MAX_TUBE
+
+    def __init__(self, servers: Sequence[Server], *, connect_timeout: float = 3.0, io_timeout: float = 5.0) -> None:
         if not servers:
             raise ConfigError("queue.beanstalkd.servers: give at least one server")
         self.conns = [_Conn(s, i, connect_timeout, io_timeout) for i, s in enumerate(servers)]
@@ -435,6 +479,19 @@ class BeanstalkdAdapter(Adapter):
 
     def __repr__(self) -> str:
         return f"<BeanstalkdAdapter {','.join(self.by_key)}>"
+
+    @classmethod
+    def queue_name_problem(cls, name: str) -> str | None:
+        """lilqueue's rule, then beanstalkd's: ASCII letters, digits and ``-+/;.$_()``, not
+        starting with ``-``; and not one of the adapter's own record and marker tubes."""
+        problem = super().queue_name_problem(name)
+        if problem is not None:
+            return problem
+        if not _TUBE.match(name):
+            return "a beanstalkd tube name has only ASCII letters, digits and -+/;.$_() and does not start with '-'"
+        if name.startswith((HELD_PREFIX, SETTLED_PREFIX)):
+            return f"names starting with {HELD_PREFIX!r} or {SETTLED_PREFIX!r} are lilqueue's own tubes"
+        return None
 
     @classmethod
     def from_config(cls, url: str | None, options: Mapping[str, Any]) -> BeanstalkdAdapter:
@@ -559,16 +616,19 @@ class BeanstalkdAdapter(Adapter):
             if stats is None:  # deleted by someone else already
                 return None
         conn.guess = jid + 1
-        return self._job(conn, jid, body, stats)
+        return self._job(conn, client, jid, body, stats)
 
-    def _job(self, conn: _Conn, jid: int, body: bytes, stats: dict[bytes, bytes]) -> Job:
+    def _job(self, conn: _Conn, client: _Client, jid: int, body: bytes, stats: dict[bytes, bytes]) -> Job:
         ttr = int(stats[b"ttr:"])
         self._nudge_by(conn, conn.lease(jid, ttr))
         tube, priority, reserves = stats[b"tube:"].decode(), int(stats[b"pri:"]), int(stats[b"reserves:"])
-        lease = _Lease(conn, conn.generation, jid, reserves)
+        counts = _counts(conn, client, tube, jid, stats)
+        lease = _Lease(conn, conn.generation, jid, reserves, counts)
         if conn.failures:
             conn.healthy()
-        return Job(self._id(conn, jid), tube, body, priority, ttr, reserves, lease)
+        deliveries = max(reserves - counts.skip, 1)
+        unfinished = max(counts.unsettled - counts.base, 0)
+        return Job(self._id(conn, jid), tube, body, priority, ttr, deliveries, lease, unfinished)
 
     def _nudge_by(self, conn: _Conn, due: float) -> None:
         nudger = self._nudger
@@ -684,11 +744,15 @@ class BeanstalkdAdapter(Adapter):
             if conn.generation != lease.generation or conn.client is None:
                 return  # that connection is gone, and the server handed the job back
             conn.unlease(lease.jid)
+            command = b"delete %d\r\n" % lease.jid
+            marker = lease.counts.marker
+            if marker is not None:
+                command += b"delete %d\r\n" % marker
             try:
-                conn.client.send(b"delete %d\r\n" % lease.jid, more=True)  # its reply comes with the next
+                conn.client.send(command, more=True)  # the replies come with the next command's
             except _BROKEN as exc:
                 raise conn.broken(exc) from exc
-            conn.acks += 1
+            conn.acks += 1 if marker is None else 2
 
     def flush(self) -> None:
         """Send now the deletes MSG_MORE held back in the kernel."""
@@ -701,7 +765,28 @@ class BeanstalkdAdapter(Adapter):
                         raise conn.broken(exc) from exc
 
     def release(self, job: Job, *, priority: int, delay: float) -> None:
+        counts: _Counts = job.receipt.counts
+        self._mark(job, counts.unsettled, counts.skip)  # a retry settles every unfinished run so far
         self._finish(job, b"release %d %d %d\r\n" % (job.receipt.jid, priority, _seconds(delay)), b"RELEASED")
+
+    def unreserve(self, job: Job) -> None:
+        """Release at once with its priority; the marker's ``skip`` grows by one, so that this
+        reservation does not count (beanstalkd's own ``reserves`` cannot be taken back)."""
+        counts: _Counts = job.receipt.counts
+        self._mark(job, counts.base, counts.skip + 1)
+        self._finish(job, b"release %d %d 0\r\n" % (job.receipt.jid, job.priority), b"RELEASED")
+
+    def _mark(self, job: Job, base: int, skip: int) -> None:
+        """Before settling a reserved job, make its settle marker say ``base`` and ``skip``."""
+        lease: _Lease = job.receipt
+        counts, conn = lease.counts, lease.conn
+        unchanged = (base, skip) == (counts.base, counts.skip)
+        if (unchanged and counts.marker is not None) or (not base and not skip and counts.marker is None):
+            return
+        if conn.generation != lease.generation:
+            return  # that connection is gone: the job went back with it, unsettled
+        with conn.session() as client:
+            conn.write_marker(client, _marker_tube(job.queue, lease.jid), base, skip)
 
     def bury(self, job: Job, *, reason: str) -> None:
         lease: _Lease = job.receipt
@@ -782,7 +867,7 @@ class BeanstalkdAdapter(Adapter):
             tube,
             job.body,
             reason if isinstance(reason, str) else None,
-            float(held_at) if isinstance(held_at, int | float) else record.held_ms / 1000,
+            float(held_at) if isinstance(held_at, int | float) and math.isfinite(held_at) else record.held_ms / 1000,
         )
 
     def _delete_quietly(self, client: _Client, jid: int | None) -> None:
@@ -850,10 +935,14 @@ class BeanstalkdAdapter(Adapter):
                 return False
             if action == "kick" and info["state"] != "buried":
                 return False
+            if action == "kick":
+                _mark_kicked(conn, client, tube, jid, info)
             try:
                 client.kick_job(jid) if action == "kick" else client.delete(jid)
             except greenstalk.NotFoundError:
                 return False
+            if action == "delete" and info["releases"] + info["kicks"] > 0:
+                conn.write_marker(client, _marker_tube(tube, jid), 0, 0)
         if info["state"] == "buried":
             records = [record] if record else [r for r in self._records(tube) if r.conn is conn and r.jid == jid]
             self._delete_records(records)
@@ -955,12 +1044,10 @@ class BeanstalkdAdapter(Adapter):
 
 @functools.lru_cache(maxsize=1024)
 def _tube(name: str) -> str:
-    """``name`` if beanstalkd accepts it as a tube name; ConfigError otherwise."""
-    if len(name.encode()) > MAX_TUBE or not _TUBE.match(name):
-        raise ConfigError(
-            f"queue {name!r}: not a valid beanstalkd tube name (ASCII letters, digits and -+/;.$_(), "
-            f"at most {MAX_TUBE} bytes, not starting with '-')"
-        )
+    """``name`` if it can name a queue's tube; ConfigError otherwise."""
+    problem = BeanstalkdAdapter.queue_name_problem(name)
+    if problem is not None:
+        raise ConfigError(f"queue {name!r}: not a valid beanstalkd tube name: {problem}")
     return name
 
 
@@ -1003,12 +1090,51 @@ def _job_stats(client: _Client, jid: int | None) -> dict[bytes, bytes] | None:
     return dict(zip(words[1::2], words[2::2], strict=True))
 
 
-def _held_stem(tube: str) -> str:
-    """The start of the names of ``tube``'s reason-record tubes."""
-    stem = f"{HELD_PREFIX}{tube}/"
+def _stem(prefix: str, tube: str) -> str:
+    """The start of the names of ``tube``'s reason-record or settle-marker tubes: ``tube``
+    itself, or a digest of it when the whole name would pass beanstalkd's 200 bytes."""
+    stem = f"{prefix}{tube}/"
     if len(stem) + 35 > MAX_TUBE:  # room for "<13-digit ms>/<20-digit id>"
-        stem = f"{HELD_PREFIX}${hashlib.sha256(tube.encode()).hexdigest()[:40]}/"
+        stem = f"{prefix}${hashlib.sha256(tube.encode()).hexdigest()[:40]}/"
     return stem
+
+
+def _held_stem(tube: str) -> str:
+    return _stem(HELD_PREFIX, tube)
+
+
+def _marker_tube(tube: str, jid: int) -> str:
+    """The tube of job ``jid``'s settle marker."""
+    return f"{_stem(SETTLED_PREFIX, tube)}{jid}"
+
+
+def _counts(conn: _Conn, client: _Client, tube: str, jid: int, stats: dict[bytes, bytes]) -> _Counts:
+    """Earlier deliveries of a job just reserved, from its stats and, if it was ever released
+    or kicked, its settle marker (one more round trip then)."""
+    reserves, releases, buries, kicks = (int(stats[key]) for key in (b"reserves:", b"releases:", b"buries:", b"kicks:"))
+    unsettled = max(reserves - 1 - releases - buries, 0)
+    if releases + kicks == 0:
+        return _Counts(unsettled)
+    found = conn.peek_marker(client, _marker_tube(tube, jid))
+    if found is None:
+        return _Counts(unsettled)
+    return _Counts(unsettled, _count(found[1], "base"), _count(found[1], "skip"), found[0])
+
+
+def _mark_kicked(conn: _Conn, client: _Client, tube: str, jid: int, info: Mapping[str, Any]) -> None:
+    """Before kicking a held job: its marker's base becomes every unfinished run so far."""
+    unsettled = max(info["reserves"] - info["releases"] - info["buries"], 0)
+    marker_tube = _marker_tube(tube, jid)
+    found = conn.peek_marker(client, marker_tube) if info["releases"] + info["kicks"] > 0 else None
+    skip = _count(found[1], "skip") if found else 0
+    if unsettled or skip or found:
+        conn.write_marker(client, marker_tube, unsettled, skip)
+
+
+def _count(fields: Mapping[str, Any], key: str) -> int:
+    """A count from a marker's fields (0 for anything else another client may have put there)."""
+    value = fields.get(key)
+    return value if type(value) is int and 0 <= value < 2**32 else 0
 
 
 def _parse_record_tube(rest: str) -> tuple[int, int] | None:
@@ -1018,12 +1144,13 @@ def _parse_record_tube(rest: str) -> tuple[int, int] | None:
 
 
 def _fit(record: dict[str, Any], limit: int) -> bytes:
-    """The record as JSON, its reason shortened until it fits in ``limit`` bytes."""
-    data = json.dumps(record, ensure_ascii=False).encode()
-    while len(data) > limit:
-        reason = str(record["reason"])
-        record = {**record, "reason": reason[: max(0, len(reason) - (len(data) - limit) - 64)] + "…"}
-        data = json.dumps(record, ensure_ascii=False).encode()
+    """The record as UTF-8 JSON, its reason shortened until it fits in ``limit`` bytes (what
+    UTF-8 cannot carry, such as a lone surrogate, is escaped as ``\\udc80``)."""
+    reason = str(record["reason"]).encode("utf-8", "backslashreplace").decode("utf-8")
+    data = json.dumps({**record, "reason": reason}, ensure_ascii=False).encode()
+    while len(data) > limit and len(reason) > 1:
+        reason = reason[: max(0, len(reason) - (len(data) - limit) - 64)] + "…"
+        data = json.dumps({**record, "reason": reason}, ensure_ascii=False).encode()
     return data
 
 
@@ -1049,10 +1176,10 @@ def _parse_url(url: str) -> tuple[list[Server], dict[str, str]]:
     hosts, _, query = rest.partition("?")
     hosts = hosts.rstrip("/")
     if not hosts:
-        return [Server(DEFAULT_HOST)], dict(parse_qsl(query))
+        return [Server(DEFAULT_HOST)], dict(parse_qsl(query, keep_blank_values=True))
     servers = [_parse_hostport(part.strip(), url) for part in hosts.split(",")]
     _check_unique(servers, "queue.backend")
-    return servers, dict(parse_qsl(query))
+    return servers, dict(parse_qsl(query, keep_blank_values=True))
 
 
 def _parse_hostport(text: str, url: str) -> Server:
@@ -1094,13 +1221,14 @@ def _check_unique(servers: list[Server], where: str) -> None:
 
 
 def _timeout(key: str, value: Any) -> float:
+    """A finite number of seconds above 0 for ``key`` (NaN, inf, 0, negatives, text refused)."""
     where = f"queue.beanstalkd.{key}"
-    if key not in OPTIONS:
-        raise ConfigError(f"{where}: unknown option (expected {', '.join(OPTIONS)})")
+    if key not in OPTIONS or key == "servers":
+        raise ConfigError(f"{where}: unknown option (expected connect_timeout, io_timeout; servers in the host part)")
     try:
-        number = float(value)
-    except (TypeError, ValueError):
-        number = -1.0
-    if isinstance(value, bool) or not number > 0:
-        raise ConfigError(f"{where}: must be a positive number of seconds, not {value!r}")
+        number = math.nan if isinstance(value, bool) else float(value)
+    except (TypeError, ValueError, OverflowError):
+        number = math.nan
+    if not (math.isfinite(number) and number > 0):
+        raise ConfigError(f"{where}: must be a finite number of seconds above 0, not {value!r:.60}")
     return number
