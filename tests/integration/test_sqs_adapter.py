@@ -13,6 +13,7 @@ import pytest
 
 from lilqueue.adapters import create_adapter
 from lilqueue.adapters import sqs as sqs_module
+from lilqueue.adapters import sqs_poller
 from lilqueue.adapters.sqs import BANDS, SQSAdapter, band_of
 from lilqueue.config import load_settings
 from lilqueue.errors import BackendConnectionError, ConfigError
@@ -155,7 +156,7 @@ def test_the_most_urgent_band_wins_across_queues(adapter: SQSAdapter) -> None:
 def test_a_message_fetched_while_busy_is_given_back_uncounted(
     adapter: SQSAdapter, url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sqs_module, "KEEP", 0.5)
+    monkeypatch.setattr(sqs_poller, "KEEP", 0.5)
     busy, other_queue = fresh_name(), fresh_name()
     put(adapter, busy)
     put(adapter, other_queue)

@@ -8,18 +8,25 @@ live in sibling queues (see :data:`BANDS`)::
     mail__high    100-511               mail__bulk  65536 and above
     mail          512-1024 (default)    mail__held  held tasks, with reason and time
 
-Reserving. Every band of every watched queue is polled at once, from a small thread
-pool: first a quick look (``WaitTimeSeconds=0``) at each, then long polls of ``wait``
-seconds that stay open across ``reserve`` calls. The most urgent band that has a
-message wins, so a task on any watched queue starts within about one round trip.
-A poll that brings a message nobody is waiting for keeps it for the next ``reserve``
-for :data:`KEEP` seconds; then it is given back as a fresh copy that carries its
-delivery count, so attempts are never inflated by a message this worker did not run.
+Reserving (:mod:`lilqueue.adapters.sqs_poller`). Every band of every watched queue is
+polled at once: a quick look at each, then long polls that stay open across
+``reserve`` calls; the most urgent band that has a message wins. A message received
+while the worker is busy is kept a few seconds, then handed back; so is everything
+received when the runner stops (:meth:`SQSAdapter.give_back`).
 
-Attributes. Each message carries its id, priority, ttr, due time (when delayed) and
-the deliveries of earlier copies as ``lilqueue-*`` message attributes; the body is
-the task envelope, unchanged (base64 only for bytes SQS cannot carry as text).
-``Job.deliveries`` is those earlier deliveries plus ``ApproximateReceiveCount``.
+Counting. Each message carries its id, priority, ttr, due time (when delayed) and two
+counts of earlier copies as ``lilqueue-*`` message attributes: ``deliveries`` and
+``unfinished`` (deliveries that never reached an outcome). Every outcome but success
+is a new copy (sent, then the received one deleted): a retry, a hold, a kick, a delay
+hop, and a hand-back of a message never run. So a copy's ``ApproximateReceiveCount``
+counts only runs with no outcome yet, and ``Job.deliveries`` = carried deliveries +
+receive count, ``Job.unfinished`` = carried unfinished + receive count - 1. A
+hand-back carries both counts less this receive, so it never counts.
+
+Hostile attributes. Any SQS client can set ``lilqueue-*`` attributes. Each is checked
+(:func:`_read`); a message with one lilqueue cannot use is held without running, with a
+reason naming it, and its held copy carries lilqueue's defaults instead, so a kick runs
+it. The body is copied as SQS gave it (base64 only where lilqueue encoded it).
 
 What SQS cannot do, and what this module does instead:
 
@@ -35,12 +42,12 @@ What SQS cannot do, and what this module does instead:
 from __future__ import annotations
 
 import base64
+import binascii
 import contextlib
 import dataclasses
 import logging
 import math
 import re
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -73,6 +80,7 @@ from lilqueue.adapters.base import (
     missing,
     native,
 )
+from lilqueue.adapters.sqs_poller import LONG_THREADS, QUICK_THREADS, Poller, Slot
 from lilqueue.errors import (
     BackendConnectionError,
     BackendError,
@@ -84,7 +92,11 @@ from lilqueue.errors import (
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
-    from mypy_boto3_sqs.type_defs import MessageAttributeValueTypeDef, MessageTypeDef
+    from mypy_boto3_sqs.type_defs import (
+        MessageAttributeValueOutputTypeDef,
+        MessageAttributeValueTypeDef,
+        MessageTypeDef,
+    )
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +113,11 @@ class Band:
     def __contains__(self, priority: int) -> bool:
         return self.low <= priority <= self.high
 
+    @property
+    def default(self) -> int:
+        """The priority of a message in this band that does not say its own."""
+        return self.low if self.suffix else 1024
+
 
 #: The priority bands, most urgent first. The default priority (1024) is in ``normal``,
 #: whose queue has the lilqueue queue's own name, so other SQS clients can send to it.
@@ -112,32 +129,45 @@ BANDS: tuple[Band, ...] = (
     Band("bulk", 65_536, 2**32 - 1, "__bulk"),
 )
 HELD_SUFFIX = "__held"
+SIBLING_SUFFIXES = (*(b.suffix for b in BANDS if b.suffix), HELD_SUFFIX)
+#: SQS's longest queue name; the longest sibling suffix must fit after a lilqueue name
+SQS_MAX_NAME = 80
 #: SQS's longest DelaySeconds; longer delays hop.
 MAX_DELAY = 900
 #: SQS's longest visibility timeout: a longer ttr is capped to it
 MAX_VISIBILITY = 43_200
 #: a delayed message surfacing this many seconds before its due time runs (any earlier: it hops)
 HOP_SLACK = 0.5
-#: seconds a received message stays invisible before its own ttr is applied
+#: seconds a received message stays invisible before its own ttr is applied; the ttr of
+#: a message that does not say its own
 CLAIM = 60
-#: seconds a message fetched while nobody waits is kept for the next reserve
-KEEP = 3.0
 #: seconds a scan of the held queue hides what it has seen from other scans
 SCAN_HIDE = 30
 #: the most held messages one scan looks at
 SCAN_MAX = 1000
 #: SQS keeps messages at most 14 days; held and delayed tasks get that by default
 RETENTION = 1_209_600
+#: the longest hold reason stored (an attribute counts towards SQS's message size)
+MAX_REASON = 8192
+#: priority, ttr and the counts are below it (as in the wire format); so is a delay
+LIMIT = 2**32
 TOMBSTONE = "lilqueue-deleted-"
 # message attributes (at most 10 per message on SQS)
 A_ID, A_PRIORITY, A_TTR, A_DUE = "lilqueue-id", "lilqueue-priority", "lilqueue-ttr", "lilqueue-due"
-A_DELIVERIES, A_ENCODING = "lilqueue-deliveries", "lilqueue-encoding"
+A_DELIVERIES, A_UNFINISHED, A_ENCODING = "lilqueue-deliveries", "lilqueue-unfinished", "lilqueue-encoding"
 A_REASON, A_HELD_AT = "lilqueue-reason", "lilqueue-held-at"
+#: the attributes a copy of a message carries
+CARRIED = (A_ID, A_PRIORITY, A_TTR, A_DUE, A_DELIVERIES, A_UNFINISHED, A_ENCODING)
 _NOT_TEXT = re.compile("[^\x09\x0a\x0d\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+_NAME = re.compile("[A-Za-z0-9_-]+")
+_ID = re.compile("[\x21-\x7e]{1,128}")
+_REGION = re.compile("[A-Za-z0-9-]{1,64}")
 _QUEUE_GONE = {"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"}
 _QUEUE_EXISTS = {"QueueAlreadyExists", "QueueNameExists"}
 _UNAVAILABLE = {"ServiceUnavailable", "InternalError", "InternalFailure", "RequestThrottled", "ThrottlingException"}
-OPTIONS = ("region", "endpoint_url", "wait", "attributes", "connect_timeout")
+OPTIONS = ("region", "endpoint_url", "wait", "attributes", "connect_timeout", "io_timeout")
+#: attempts per request (one retry: a kept-alive connection the server closed, say)
+ATTEMPTS = 2
 
 
 def band_of(priority: int) -> Band:
@@ -145,25 +175,40 @@ def band_of(priority: int) -> Band:
     return next((b for b in BANDS if priority in b), BANDS[-1])
 
 
-@dataclasses.dataclass(eq=False, slots=True)
-class _Slot:
-    """One SQS queue being watched: a band of a lilqueue queue."""
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Meta:
+    """What a message's ``lilqueue-*`` attributes say, checked; the counts are of earlier copies."""
 
-    queue: str
-    band: Band
-    url: str
-    polling: bool = False  # a ReceiveMessage is in flight
-    quick: bool = False  # ... and it is a quick look (it answers within a round trip)
-    message: MessageTypeDef | None = None  # received, not yet handed out
-    received_at: float = 0.0
-    error: LilqueueError | None = None
+    id: str
+    priority: int
+    ttr: int = CLAIM
+    due: float | None = None
+    deliveries: int = 0
+    unfinished: int = 0
+    encoding: str | None = None
+
+    def attributes(self) -> dict[str, str]:
+        """The attributes a copy carries (a count of 0 and no due time are left out)."""
+        attrs = {A_ID: self.id, A_PRIORITY: str(self.priority), A_TTR: str(self.ttr)}
+        if self.due is not None:
+            attrs[A_DUE] = f"{self.due:.3f}"
+        if self.deliveries:
+            attrs[A_DELIVERIES] = str(self.deliveries)
+        if self.unfinished:
+            attrs[A_UNFINISHED] = str(self.unfinished)
+        if self.encoding:
+            attrs[A_ENCODING] = self.encoding
+        return attrs
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Receipt:
+    """What a reserved Job needs to be copied: where it came from, its checked metadata, its text."""
+
     url: str
     handle: str
-    attributes: dict[str, str]
+    meta: _Meta
+    text: str
 
 
 class SQSAdapter(Adapter):
@@ -175,7 +220,7 @@ class SQSAdapter(Adapter):
         delay=emulated("DelaySeconds up to 900 s; longer delays re-sent in 900 s hops until due"),
         ttr=native("visibility timeout, set to the task's own ttr on receipt"),
         touch=native("ChangeMessageVisibility to the task's ttr"),
-        retry=native("ChangeMessageVisibility to the retry delay"),
+        retry=native("re-sent with the retry delay as DelaySeconds and its counts; the received copy deleted"),
         hold=emulated("moved to the queue NAME__held with reason and time (kept up to 14 days)"),
         kick=emulated("moved back from NAME__held (receive and scan)"),
         stats=native("SQS's approximate counts"),
@@ -187,6 +232,7 @@ class SQSAdapter(Adapter):
         ),
     )
     max_body: ClassVar[int | None] = 1_048_576 - 32_768  # SQS's 1 MiB, less room for attributes
+    max_queue_name: ClassVar[int | None] = SQS_MAX_NAME - max(len(s) for s in SIBLING_SUFFIXES)
 
     def __init__(
         self,
@@ -195,31 +241,18 @@ class SQSAdapter(Adapter):
         endpoint_url: str | None = None,
         wait: int = 5,
         attributes: Mapping[str, str] | None = None,
-        connect_timeout: float = 5.0,
+        connect_timeout: float = 3.0,
+        io_timeout: float = 5.0,
     ) -> None:
         self.wait = wait
         self.attributes = dict(attributes or {})
-        config = Config(
-            connect_timeout=connect_timeout,
-            read_timeout=wait + 15,
-            retries={"max_attempts": 3, "mode": "standard"},
-            max_pool_connections=64,
-        )
-        try:
-            session = boto3.session.Session()
-            self.client: SQSClient = session.client("sqs", region_name=region, endpoint_url=endpoint_url, config=config)
-        except NoRegionError:
-            raise ConfigError(
-                "queue.amazonsqs.region: no region (give sqs://REGION, region = ..., or AWS_DEFAULT_REGION)"
-            ) from None
-        except (BotoCoreError, ValueError) as exc:
-            raise ConfigError(f"queue.amazonsqs: cannot make an SQS client: {exc}") from exc
+        self.client: SQSClient = _client(region, endpoint_url, _config(connect_timeout, io_timeout, QUICK_THREADS))
+        polling = _config(connect_timeout, io_timeout + wait, QUICK_THREADS + LONG_THREADS)
+        self.receiver: SQSClient = _client(region, endpoint_url, polling)
         self._urls: dict[str, str] = {}
-        self._slots: dict[str, _Slot] = {}
-        self._watch_lists: dict[tuple[str, ...], list[_Slot]] = {}
-        self._cond = threading.Condition()
-        self._pool: ThreadPoolExecutor | None = None
-        self._closed = False
+        self._slots: dict[str, Slot] = {}
+        self._watch_lists: dict[tuple[str, ...], list[Slot]] = {}
+        self._poller = Poller(self._poll_receive, self._hand_back, wait=wait, io_timeout=io_timeout)
 
     @classmethod
     def from_config(cls, url: str | None, options: Mapping[str, Any]) -> SQSAdapter:
@@ -230,42 +263,59 @@ class SQSAdapter(Adapter):
                 raise ConfigError(f"queue.backend: SQS URLs look like sqs://REGION?endpoint_url=..., not {url!r}")
             if parts.netloc:
                 opts["region"] = parts.netloc
-            opts.update(parse_qsl(parts.query))
+            opts.update(parse_qsl(parts.query, keep_blank_values=True))
         kwargs: dict[str, Any] = {}
         for key, value in opts.items():
             kwargs[key] = _option(key, value)
         region = kwargs.pop("region", None)
         return cls(region, **kwargs)
 
+    @classmethod
+    def queue_name_problem(cls, name: str) -> str | None:
+        """SQS's rules (letters, digits, '-', '_'; 80 characters with the longest sibling suffix)."""
+        problem = super().queue_name_problem(name)
+        if problem is not None:
+            return problem
+        if not _NAME.fullmatch(name):
+            return (
+                "an SQS queue name may hold only ASCII letters, digits, '-' and '_' (FIFO '.fifo' queues are not used)"
+            )
+        for suffix in SIBLING_SUFFIXES:
+            if name.endswith(suffix):
+                return f"a queue name must not end in {suffix!r}: SQS queues so named hold another queue's tasks"
+        return None
+
     # -- producing -------------------------------------------------------------------
 
     def put(self, queue: str, body: bytes, *, priority: int, delay: float, ttr: int) -> str:
         due = time.time() + delay if delay > 0 else None
         id = uuid.uuid4().hex if due is None else f"{uuid.uuid4().hex}-{math.ceil(due)}"
-        attrs = {A_ID: id, A_PRIORITY: str(priority), A_TTR: str(ttr)}
-        if due is not None:
-            attrs[A_DUE] = f"{due:.3f}"
+        text, encoded = _encode_body(body)
+        meta = _Meta(id, priority, ttr, due, encoding="base64" if encoded else None)
         name = queue + band_of(priority).suffix
         try:
-            self._send(self._url(name), body, attrs, delay)
+            self._send(self._url(name), text, _attribute_values(meta.attributes()), delay)
         except BackendError as exc:
             if _code(exc) not in _QUEUE_GONE:
                 raise
             self._urls.pop(name, None)  # deleted behind our back: make it again
-            self._send(self._url(name), body, attrs, delay)
+            self._send(self._url(name), text, _attribute_values(meta.attributes()), delay)
         return id
 
-    def _send(self, url: str, body: bytes, attrs: dict[str, str], delay: float = 0) -> None:
-        text, encoded = _encode_body(body)
-        if encoded:
-            attrs = {**attrs, A_ENCODING: "base64"}
+    def _send(self, url: str, text: str, attrs: Mapping[str, MessageAttributeValueTypeDef], delay: float = 0) -> None:
+        """Send ``text`` (SQS's message body, as it is) with ``attrs``."""
         with _translated("SendMessage"):
             self.client.send_message(
                 QueueUrl=url,
                 MessageBody=text,
                 DelaySeconds=min(MAX_DELAY, max(0, math.ceil(delay))),
-                MessageAttributes=_attribute_values(attrs),
+                MessageAttributes=attrs,
             )
+
+    def _copy(self, receipt: _Receipt, to: str, meta: _Meta, *, delay: float = 0) -> None:
+        """Send a copy of a received message to ``to`` carrying ``meta``, then delete the received one."""
+        self._send(to, receipt.text, _attribute_values(meta.attributes()), delay)
+        self._delete(receipt.url, receipt.handle)
 
     # -- reserving ---------------------------------------------------------------------
 
@@ -273,113 +323,58 @@ class SQSAdapter(Adapter):
         deadline = time.monotonic() + max(timeout, 0.0)
         slots = self._watch(queues)
         while True:
-            taken = self._take(slots, deadline)
+            left = 0.0 if timeout <= 0 else max(deadline - time.monotonic(), 0.001)
+            taken = self._poller.take(slots, left)
             if taken is None:
                 return None
             job = self._job(*taken)
             if job is not None:
                 return job
 
-    def _watch(self, queues: Sequence[str]) -> list[_Slot]:
+    def give_back(self) -> None:
+        self._poller.give_back()
+
+    def _watch(self, queues: Sequence[str]) -> list[Slot]:
         """The slots of ``queues``, most urgent band first (creating the queues on first use)."""
         key = tuple(queues)
         slots = self._watch_lists.get(key)
         if slots is None:
+            names = [queue + band.suffix for band in BANDS for queue in queues]
+            self._make(names)
             slots = []
             for band in BANDS:
                 for queue in queues:
                     name = queue + band.suffix
                     slot = self._slots.get(name)
                     if slot is None:
-                        slot = self._slots[name] = _Slot(queue, band, self._url(name))
+                        slot = self._slots[name] = Slot(queue, band, self._url(name))
                     slots.append(slot)
             self._watch_lists[key] = slots
         return slots
 
-    def _take(self, slots: list[_Slot], deadline: float) -> tuple[_Slot, MessageTypeDef, float] | None:
-        """The most urgent message of ``slots``, waiting until ``deadline`` for one."""
-        with self._cond:
-            self._poll(slots, 0)
-            while True:
-                best = self._best(slots)
-                if best is not None:
-                    message, received_at = best.message, best.received_at
-                    assert message is not None
-                    best.message = None
-                    self._cond.notify_all()  # the poll thread keeping it may go
-                    return best, message, received_at
-                quick = any(s.quick for s in slots)
-                left = deadline - time.monotonic()
-                if left <= 0 and not quick:
-                    return None
-                if left > 0 and not quick:
-                    self._poll(slots, self.wait)
-                self._cond.wait(self.wait + 20 if quick else left)
+    def _make(self, names: list[str]) -> None:
+        """Find or create the queues ``names`` that are not cached yet, several at a time."""
+        missing_names = [n for n in names if n not in self._urls]
+        if len(missing_names) < 2:
+            return
+        with ThreadPoolExecutor(min(16, len(missing_names)), thread_name_prefix="lilqueue-sqs-create") as pool:
+            for name, url in zip(missing_names, pool.map(self._create, missing_names), strict=True):
+                self._urls[name] = url
 
-    def _best(self, slots: list[_Slot]) -> _Slot | None:
-        """The first slot holding a message, unless a quick look ahead of it is unanswered."""
-        for slot in slots:
-            if slot.error is not None:
-                error, slot.error = slot.error, None
-                raise error
-            if slot.message is not None:
-                return slot
-            if slot.quick:
-                return None
-        return None
-
-    def _poll(self, slots: list[_Slot], wait: int) -> None:
-        """Start a ReceiveMessage on every slot that has none in flight and no message."""
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=256, thread_name_prefix="lilqueue-sqs")
-        for slot in slots:
-            if not slot.polling and slot.message is None:
-                slot.polling, slot.quick = True, wait == 0
-                self._pool.submit(self._receive_into, slot, wait)
-
-    def _receive_into(self, slot: _Slot, wait: int) -> None:
-        """Pool thread: receive one message into ``slot``; give it back if unclaimed for KEEP seconds.
-
-        A quick look that finds nothing goes on as one long poll, so a queue found empty
-        is watched without a new request on every ``reserve``.
-        """
-        messages, error = self._receive_safely(slot.url, wait)
-        if not messages and error is None and wait == 0 and self._go_on_waiting(slot):
-            messages, error = self._receive_safely(slot.url, self.wait)
-        with self._cond:
-            slot.polling = slot.quick = False
-            slot.error = error
-            if messages and not self._closed:
-                slot.message, slot.received_at = messages[0], time.monotonic()
-            self._cond.notify_all()
-            if messages and not self._closed:
-                self._cond.wait_for(lambda: slot.message is not messages[0] or self._closed, KEEP)
-                if slot.message is not messages[0]:
-                    return  # handed out
-                slot.message = None
-        if messages:
-            self._give_back(slot, messages[0])
-
-    def _go_on_waiting(self, slot: _Slot) -> bool:
-        """After an empty quick look: report it, and go on with a long poll unless closed."""
-        with self._cond:
-            slot.quick = False
-            self._cond.notify_all()
-            return not self._closed
-
-    def _receive_safely(self, url: str, wait: int) -> tuple[list[MessageTypeDef], LilqueueError | None]:
+    def _poll_receive(self, url: str, wait: int) -> list[MessageTypeDef]:
+        """The poller's receive: at most one message, hidden for CLAIM seconds."""
         try:
-            return self._receive(url, 1, wait, CLAIM), None
+            return self._receive(url, 1, wait, CLAIM, self.receiver)
         except LilqueueError as exc:
             if _code(exc) in _QUEUE_GONE:  # the runner reconnects, and a new adapter makes it again
-                return [], BackendConnectionError(f"SQS queue {url} was deleted: {exc}")
-            return [], exc
-        except Exception as exc:  # noqa: BLE001 - reported to the reserving thread
-            return [], BackendError(f"SQS ReceiveMessage: {exc!r}")
+                raise BackendConnectionError(f"SQS queue {url} was deleted: {exc}") from exc
+            raise
 
-    def _receive(self, url: str, count: int, wait: int, hide: int) -> list[MessageTypeDef]:
+    def _receive(
+        self, url: str, count: int, wait: int, hide: int, client: SQSClient | None = None
+    ) -> list[MessageTypeDef]:
         with _translated("ReceiveMessage"):
-            response = self.client.receive_message(
+            response = (client or self.client).receive_message(
                 QueueUrl=url,
                 MaxNumberOfMessages=count,
                 WaitTimeSeconds=wait,
@@ -389,72 +384,105 @@ class SQSAdapter(Adapter):
             )
         return response.get("Messages", [])
 
-    def _give_back(self, slot: _Slot, message: MessageTypeDef) -> None:
-        """Return a message this worker received but never ran, without counting a delivery."""
-        attrs = _attributes(message)
-        attrs.setdefault(A_ID, message.get("MessageId", uuid.uuid4().hex))
-        attrs[A_DELIVERIES] = str(_deliveries(message) - 1)
-        try:
-            self._move(slot.url, message, slot.url, attrs)
-        except LilqueueError as exc:
-            log.warning("could not give back message %s (it returns after %ss): %s", attrs[A_ID], CLAIM, exc)
+    def _hand_back(self, url: str, message: MessageTypeDef) -> None:
+        """Return a message this worker received but never ran, without counting a delivery.
 
-    def _job(self, slot: _Slot, message: MessageTypeDef, received_at: float) -> Job | None:
-        """A Job for ``message``; None if it was a hop of a long delay or a deleted task."""
-        attrs = _attributes(message)
-        id = attrs.get(A_ID) or message.get("MessageId", "")
-        deliveries = _deliveries(message)
-        due = _float(attrs.get(A_DUE))
-        if due is not None and deliveries == 1 and self._tombstoned(slot.queue, id):
-            self._delete(slot.url, message)
-            self._untag(slot.queue, id)
+        Its attributes go back as they came (a bad one is still bad), but for the counts,
+        which drop this receive.
+        """
+        attrs: dict[str, MessageAttributeValueTypeDef] = {}
+        for key, value in message.get("MessageAttributes", {}).items():
+            if key in CARRIED:
+                attrs[key] = _as_input(value)
+        meta, problems = _read(message, 1024)
+        count = _receive_count(message)
+        if A_ID not in attrs:
+            attrs[A_ID] = _attribute_value(meta.id)
+        if A_DELIVERIES not in problems:
+            attrs[A_DELIVERIES] = _attribute_value(str(meta.deliveries + count - 1))
+        if A_UNFINISHED not in problems:
+            attrs[A_UNFINISHED] = _attribute_value(str(meta.unfinished + count - 1))
+        self._send(url, message.get("Body", ""), attrs)
+        self._delete(url, message.get("ReceiptHandle", ""))
+
+    def _job(self, slot: Slot, message: MessageTypeDef, received_at: float) -> Job | None:
+        """A Job for ``message``; None if it was a hop of a long delay, a deleted task, or held unread."""
+        meta, problems = _read(message, slot.band.default)
+        count = _receive_count(message)
+        text = message.get("Body", "")
+        body = _decode_body(text, meta.encoding)
+        if body is None:
+            problems[A_ENCODING] = "says base64, but the body is not base64"
+            meta = dataclasses.replace(meta, encoding=None)
+            body = text.encode("utf-8", "surrogatepass")
+        receipt = _Receipt(slot.url, message.get("ReceiptHandle", ""), meta, text)
+        job = Job(meta.id, slot.queue, body, meta.priority, meta.ttr, meta.deliveries + count, receipt)
+        job = dataclasses.replace(job, unfinished=meta.unfinished + count - 1)
+        if problems:
+            self._hold_unread(job, problems)
             return None
-        if due is not None and due - time.time() > HOP_SLACK:
-            self._move(slot.url, message, slot.url, attrs, delay=due - time.time())  # a hop of a long delay
+        if meta.due is not None and job.deliveries == 1 and self._tombstoned(slot.queue, meta.id):
+            self._delete(slot.url, receipt.handle)
+            self._untag(slot.queue, meta.id)
             return None
-        priority = _int(attrs.get(A_PRIORITY), slot.band.low if slot.band.suffix else 1024)
-        ttr = _int(attrs.get(A_TTR), CLAIM)
-        receipt = _Receipt(slot.url, message.get("ReceiptHandle", ""), attrs)
-        if ttr != CLAIM or time.monotonic() - received_at > 1:
-            try:
-                self._change_visibility(receipt, ttr)
-            except BackendConnectionError:
-                raise
-            except BackendError as exc:
-                log.warning("could not set the ttr of message %s (its lease is %ss): %s", id, CLAIM, exc)
-        body = _decode_body(message.get("Body", ""), attrs)
-        return Job(id, slot.queue, body, priority, ttr, deliveries, receipt)
+        if meta.due is not None and meta.due - time.time() > HOP_SLACK:  # a hop of a long delay
+            carried = dataclasses.replace(meta, deliveries=job.deliveries - 1, unfinished=job.unfinished)
+            self._copy(receipt, slot.url, carried, delay=meta.due - time.time())
+            return None
+        self._apply_ttr(job, receipt, received_at)
+        return job
+
+    def _apply_ttr(self, job: Job, receipt: _Receipt, received_at: float) -> None:
+        """Give the message its own ttr (it was received hidden for CLAIM seconds)."""
+        if job.ttr == CLAIM and time.monotonic() - received_at <= 1:
+            return
+        try:
+            self._change_visibility(receipt, job.ttr)
+        except BackendConnectionError:
+            raise
+        except BackendError as exc:
+            log.warning("could not set the ttr of message %s (its lease is %ss): %s", job.id, CLAIM, exc)
+
+    def _hold_unread(self, job: Job, problems: Mapping[str, str]) -> None:
+        """Hold a message whose attributes lilqueue cannot use, without running it."""
+        said = "; ".join(f"{key} {what}" for key, what in problems.items())
+        reason = f"bad SQS message attributes: {said}. Held without running; a kick runs it with lilqueue's defaults"
+        log.warning("holding SQS message %s on %s: %s", job.id, job.queue, reason, extra={"queue": job.queue})
+        self.bury(dataclasses.replace(job, deliveries=job.deliveries - 1), reason=reason)  # it never ran
 
     # -- finishing ---------------------------------------------------------------------
 
     def delete(self, job: Job) -> None:
         receipt = _receipt(job)
-        with _translated("DeleteMessage"):
-            self.client.delete_message(QueueUrl=receipt.url, ReceiptHandle=receipt.handle)
+        self._delete(receipt.url, receipt.handle)
 
     def release(self, job: Job, *, priority: int, delay: float) -> None:
         receipt = _receipt(job)
-        url = self._url(job.queue + band_of(priority).suffix)
-        if url == receipt.url and delay <= MAX_DELAY:
-            self._change_visibility(receipt, math.ceil(delay))
-            return
-        attrs = {**_lilqueue_attrs(job, receipt), A_PRIORITY: str(priority), A_DELIVERIES: str(job.deliveries)}
-        if delay > MAX_DELAY:
-            attrs[A_DUE] = f"{time.time() + delay:.3f}"
-        self._send(url, job.body, attrs, delay)
-        self.delete(job)
+        due = time.time() + delay if delay > MAX_DELAY else None
+        meta = dataclasses.replace(receipt.meta, priority=priority, due=due, deliveries=job.deliveries, unfinished=0)
+        self._copy(receipt, self._url(job.queue + band_of(priority).suffix), meta, delay=delay)
+
+    def unreserve(self, job: Job) -> None:
+        """A copy that carries the counts less this delivery: the next run sees the same ones."""
+        receipt = _receipt(job)
+        meta = dataclasses.replace(receipt.meta, due=None, deliveries=job.deliveries - 1, unfinished=job.unfinished)
+        self._copy(receipt, receipt.url, meta)
 
     def bury(self, job: Job, *, reason: str) -> None:
         receipt = _receipt(job)
-        attrs = {
-            **_lilqueue_attrs(job, receipt),
-            A_DELIVERIES: str(job.deliveries),
-            A_REASON: reason or "held",
-            A_HELD_AT: f"{time.time():.6f}",
-        }
-        attrs.pop(A_DUE, None)
-        self._send(self._url(job.queue + HELD_SUFFIX), job.body, attrs)
-        self.delete(job)
+        meta = dataclasses.replace(receipt.meta, due=None, deliveries=job.deliveries, unfinished=0)
+        url = self._url(job.queue + HELD_SUFFIX)
+        text = reason or "held"
+        held = {A_REASON: _clip(text, MAX_REASON), A_HELD_AT: f"{time.time():.6f}"}
+        try:
+            self._send(url, receipt.text, _attribute_values({**meta.attributes(), **held}))
+        except BackendConnectionError:
+            raise
+        except BackendError as exc:  # too big with its reason, say: hold it with less said
+            log.warning("could not hold message %s with its full reason (%s); holding it with a short one", job.id, exc)
+            held[A_REASON] = _clip(f"(reason cut: SQS refused it in full) {text}", 200)
+            self._send(url, receipt.text, _attribute_values({**meta.attributes(), **held}))
+        self._delete(receipt.url, receipt.handle)
 
     def touch(self, job: Job) -> None:
         self._change_visibility(_receipt(job), job.ttr)
@@ -466,15 +494,9 @@ class SQSAdapter(Adapter):
                 QueueUrl=receipt.url, ReceiptHandle=receipt.handle, VisibilityTimeout=min(seconds, MAX_VISIBILITY)
             )
 
-    def _move(self, url: str, message: MessageTypeDef, to: str, attrs: dict[str, str], *, delay: float = 0) -> None:
-        """Send a copy of ``message`` with ``attrs`` to ``to``, then delete it from ``url``."""
-        attrs = {k: v for k, v in attrs.items() if k != A_ENCODING}
-        self._send(to, _decode_body(message.get("Body", ""), _attributes(message)), attrs, delay)
-        self._delete(url, message)
-
-    def _delete(self, url: str, message: MessageTypeDef) -> None:
+    def _delete(self, url: str, handle: str) -> None:
         with _translated("DeleteMessage"):
-            self.client.delete_message(QueueUrl=url, ReceiptHandle=message.get("ReceiptHandle", ""))
+            self.client.delete_message(QueueUrl=url, ReceiptHandle=handle)
 
     # -- operating: held tasks -----------------------------------------------------------
 
@@ -516,7 +538,7 @@ class SQSAdapter(Adapter):
         try:
             while len(found) < SCAN_MAX and (batch := self._receive(url, 10, 0, SCAN_HIDE)):
                 found.extend(batch)
-            found.sort(key=lambda m: (_float(_attributes(m).get(A_HELD_AT)) or 0.0, _id(m)))
+            found.sort(key=lambda m: (_held_at(m) or 0.0, _id(m)))
             chosen = choose(found)
             if act is not None:
                 for message in chosen:
@@ -527,14 +549,15 @@ class SQSAdapter(Adapter):
         return chosen
 
     def _unhold(self, queue: str, url: str, message: MessageTypeDef) -> None:
-        attrs = _attributes(message)
-        for key in (A_REASON, A_HELD_AT, A_DUE):
-            attrs.pop(key, None)
-        attrs.setdefault(A_ID, message.get("MessageId", ""))
-        self._move(url, message, self._url(queue + band_of(_int(attrs.get(A_PRIORITY), 1024)).suffix), attrs)
+        """Kick: a copy in its band, carrying its deliveries (its unfinished ones are settled)."""
+        meta, _ = _read(message, 1024)
+        meta = dataclasses.replace(meta, due=None, unfinished=0)
+        to = self._url(queue + band_of(meta.priority).suffix)
+        self._send(to, message.get("Body", ""), _attribute_values(meta.attributes()))
+        self._delete(url, message.get("ReceiptHandle", ""))
 
     def _drop(self, queue: str, url: str, message: MessageTypeDef) -> None:
-        self._delete(url, message)
+        self._delete(url, message.get("ReceiptHandle", ""))
 
     def _show(self, url: str, messages: list[MessageTypeDef]) -> None:
         """Make scanned messages visible again."""
@@ -609,7 +632,7 @@ class SQSAdapter(Adapter):
         with _translated("GetQueueAttributes", name):
             found = self.client.get_queue_attributes(QueueUrl=url, AttributeNames=keys)  # type: ignore[arg-type]
         values: dict[str, str] = {str(k): v for k, v in found.get("Attributes", {}).items()}
-        return {k: _int(values.get(k), 0) for k in keys}
+        return {k: _whole(values.get(k)) or 0 for k in keys}
 
     # -- queues ------------------------------------------------------------------------------
 
@@ -651,11 +674,8 @@ class SQSAdapter(Adapter):
             raise
 
     def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+        """Hand back what the poll threads hold (waiting for the receives in flight), then stop them."""
+        self._poller.close()
 
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -688,22 +708,47 @@ def _code(exc: BaseException) -> str:
     return str(cause.response.get("Error", {}).get("Code", "")) if isinstance(cause, ClientError) else ""
 
 
+def _config(connect_timeout: float, read_timeout: float, connections: int) -> Config:
+    """Every request bounded: ``connect_timeout`` and ``read_timeout`` per attempt, ATTEMPTS attempts."""
+    return Config(
+        connect_timeout=connect_timeout,
+        read_timeout=read_timeout,
+        retries={"total_max_attempts": ATTEMPTS, "mode": "standard"},
+        max_pool_connections=connections,
+    )
+
+
+def _client(region: str | None, endpoint_url: str | None, config: Config) -> SQSClient:
+    try:
+        session = boto3.session.Session()
+        return session.client("sqs", region_name=region, endpoint_url=endpoint_url, config=config)
+    except NoRegionError:
+        raise ConfigError(
+            "queue.amazonsqs.region: no region (give sqs://REGION, region = ..., or AWS_DEFAULT_REGION)"
+        ) from None
+    except (BotoCoreError, ValueError) as exc:
+        raise ConfigError(f"queue.amazonsqs: cannot make an SQS client: {exc}") from exc
+
+
 def _option(key: str, value: Any) -> Any:
+    """A checked option value; ConfigError naming ``queue.amazonsqs.KEY`` otherwise."""
     where = f"queue.amazonsqs.{key}"
-    if key in ("region", "endpoint_url"):
-        if not isinstance(value, str) or not value:
-            raise ConfigError(f"{where}: must be a non-empty string, not {value!r}")
+    if key == "region":
+        if not isinstance(value, str) or not _REGION.fullmatch(value):
+            raise ConfigError(f"{where}: must be an AWS region name such as eu-west-1, not {value!r}")
         return value
+    if key == "endpoint_url":
+        return _endpoint(where, value)
     if key == "wait":
-        number = _float(value)
-        if number is None or not 1 <= number <= 20 or number != int(number):
+        number = _whole(value)
+        if number is None or not 1 <= number <= 20:
             raise ConfigError(f"{where}: must be a whole number of seconds from 1 to 20 (SQS long poll), not {value!r}")
-        return int(number)
-    if key == "connect_timeout":
-        number = _float(value)
-        if number is None or number <= 0:
-            raise ConfigError(f"{where}: must be a positive number of seconds, not {value!r}")
         return number
+    if key in ("connect_timeout", "io_timeout"):
+        seconds = _float(value)
+        if seconds is None or seconds <= 0:
+            raise ConfigError(f"{where}: must be a finite number of seconds above 0, not {value!r}")
+        return seconds
     if key == "attributes":
         if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
             raise ConfigError(f"{where}: must be a table of SQS queue attributes, not {value!r}")
@@ -711,18 +756,33 @@ def _option(key: str, value: Any) -> Any:
     raise ConfigError(f"{where}: unknown option (expected one of {', '.join(OPTIONS)})")
 
 
+def _endpoint(where: str, value: Any) -> str:
+    try:
+        parts = urlsplit(value) if isinstance(value, str) else None
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{where}: must be an http:// or https:// URL, not {value!r}")
+    return str(value)
+
+
 def _float(value: Any) -> float | None:
-    if isinstance(value, bool):
+    """A finite number from ``value`` (text or number), or None."""
+    if isinstance(value, bool) or value is None:
         return None
     try:
-        return float(value)
-    except (TypeError, ValueError):
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
         return None
+    return number if math.isfinite(number) else None
 
 
-def _int(value: str | None, default: int) -> int:
+def _whole(value: Any) -> int | None:
+    """A whole number from ``value`` ("5", "5.0", 5), or None."""
     number = _float(value)
-    return default if number is None else int(number)
+    if number is None or not number.is_integer():
+        return None
+    return int(number)
 
 
 def _encode_body(body: bytes) -> tuple[str, bool]:
@@ -737,30 +797,104 @@ def _encode_body(body: bytes) -> tuple[str, bool]:
     return base64.b64encode(body).decode("ascii"), True
 
 
-def _decode_body(text: str, attrs: Mapping[str, str]) -> bytes:
-    if attrs.get(A_ENCODING) == "base64":
-        return base64.b64decode(text)
-    return text.encode("utf-8")
+def _decode_body(text: str, encoding: str | None) -> bytes | None:
+    """The body a message's text stands for; None if it says base64 and is not."""
+    if encoding != "base64":
+        return text.encode("utf-8", "surrogatepass")
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _attribute_value(text: str) -> MessageAttributeValueTypeDef:
+    """A String attribute SQS accepts: lone surrogates escaped (``\\udc80``), other
+    characters SQS refuses (NUL, most control characters) replaced with U+FFFD."""
+    safe = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return {"DataType": "String", "StringValue": _NOT_TEXT.sub("\ufffd", safe) or "-"}
 
 
 def _attribute_values(attrs: Mapping[str, str]) -> dict[str, MessageAttributeValueTypeDef]:
-    return {k: {"DataType": "String", "StringValue": _NOT_TEXT.sub("\ufffd", v)} for k, v in attrs.items() if v}
+    return {k: _attribute_value(v) for k, v in attrs.items()}
 
 
-def _attributes(message: MessageTypeDef) -> dict[str, str]:
-    """The message's ``lilqueue-*`` attributes as strings."""
-    found = message.get("MessageAttributes", {})
-    return {k: v["StringValue"] for k, v in found.items() if k.startswith("lilqueue-") and "StringValue" in v}
+def _as_input(value: MessageAttributeValueOutputTypeDef) -> MessageAttributeValueTypeDef:
+    """A received attribute, to send again as it came."""
+    sent: MessageAttributeValueTypeDef = {"DataType": value.get("DataType", "String")}
+    if "StringValue" in value:
+        sent["StringValue"] = value["StringValue"]
+    if "BinaryValue" in value:
+        sent["BinaryValue"] = value["BinaryValue"]
+    return sent
 
 
-def _deliveries(message: MessageTypeDef) -> int:
-    """Deliveries of earlier copies plus this copy's ApproximateReceiveCount."""
-    count = _int(message.get("Attributes", {}).get("ApproximateReceiveCount"), 1)
-    return _int(_attributes(message).get(A_DELIVERIES), 0) + count
+def _read(message: MessageTypeDef, priority: int) -> tuple[_Meta, dict[str, str]]:
+    """The checked metadata of ``message`` (``priority`` if it says none), and what is wrong
+    with its attributes (name -> why): a bad attribute is replaced by the default."""
+    found: dict[str, Any] = {}
+    problems: dict[str, str] = {}
+    for key, value in message.get("MessageAttributes", {}).items():
+        if key in CARRIED:
+            checked, problem = _check(key, value)
+            if problem is None:
+                found[key] = checked
+            else:
+                problems[key] = problem
+    meta = _Meta(
+        found.get(A_ID) or message.get("MessageId") or uuid.uuid4().hex,
+        found.get(A_PRIORITY, priority),
+        found.get(A_TTR, CLAIM),
+        found.get(A_DUE),
+        found.get(A_DELIVERIES, 0),
+        found.get(A_UNFINISHED, 0),
+        found.get(A_ENCODING),
+    )
+    return meta, problems
+
+
+def _check(key: str, value: MessageAttributeValueOutputTypeDef) -> tuple[Any, str | None]:
+    """The value of the attribute ``key``, or why lilqueue cannot use it."""
+    text = value.get("StringValue")
+    if text is None:
+        return None, f"must be a String attribute, not {_clip(repr(value.get('DataType')), 40)}"
+    shown = f"= {_clip(repr(text), 60)}"
+    if key == A_ID:
+        return (text, None) if _ID.fullmatch(text) else (None, f"{shown} is not 1-128 printable ASCII characters")
+    if key == A_ENCODING:
+        return (text, None) if text == "base64" else (None, f"{shown} is not an encoding lilqueue knows (base64)")
+    if key == A_DUE:
+        due = _float(text)
+        if due is None or not 0 <= due <= time.time() + LIMIT:
+            return None, f"{shown} is not a time (epoch seconds) within 2**32 seconds"
+        return due, None
+    low = 1 if key == A_TTR else 0
+    number = _whole(text)
+    if number is None or not low <= number < LIMIT:
+        return None, f"{shown} is not a whole number from {low} to {LIMIT - 1}"
+    return number, None
+
+
+def _receive_count(message: MessageTypeDef) -> int:
+    """SQS's ApproximateReceiveCount of this copy (1 if it does not say)."""
+    count = _whole(message.get("Attributes", {}).get("ApproximateReceiveCount"))
+    return 1 if count is None or count < 1 else count
+
+
+def _string(message: MessageTypeDef, key: str) -> str | None:
+    value = message.get("MessageAttributes", {}).get(key)
+    return None if value is None else value.get("StringValue")
 
 
 def _id(message: MessageTypeDef) -> str:
-    return _attributes(message).get(A_ID) or message.get("MessageId", "")
+    return _read(message, 1024)[0].id
+
+
+def _held_at(message: MessageTypeDef) -> float | None:
+    return _float(_string(message, A_HELD_AT))
 
 
 def _due_of(id: str) -> float | None:
@@ -775,13 +909,11 @@ def _receipt(job: Job) -> _Receipt:
     return job.receipt
 
 
-def _lilqueue_attrs(job: Job, receipt: _Receipt) -> dict[str, str]:
-    attrs = {k: v for k, v in receipt.attributes.items() if k != A_ENCODING}
-    attrs.update({A_ID: job.id, A_PRIORITY: str(job.priority), A_TTR: str(job.ttr)})
-    return attrs
-
-
 def _held_job(queue: str, message: MessageTypeDef) -> HeldJob:
-    attrs = _attributes(message)
-    body = _decode_body(message.get("Body", ""), attrs)
-    return HeldJob(_id(message), queue, body, attrs.get(A_REASON), _float(attrs.get(A_HELD_AT)))
+    """A held message as ``held`` lists it (a body that says base64 and is not: as it is)."""
+    meta, _ = _read(message, 1024)
+    text = message.get("Body", "")
+    body = _decode_body(text, meta.encoding)
+    if body is None:
+        body = text.encode("utf-8", "surrogatepass")
+    return HeldJob(meta.id, queue, body, _string(message, A_REASON), _held_at(message))
