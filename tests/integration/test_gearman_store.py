@@ -3,6 +3,8 @@ real redis-server, and a Gearman adapter whose workers share a Redis held store.
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 import time
 import uuid
 from collections.abc import Iterator
@@ -137,6 +139,29 @@ def test_two_processes_share_one_store(store_url: str) -> None:
     second.close()
 
 
+def test_settlings_are_written_later_in_one_go(store_url: str) -> None:
+    """A settle is held back (one write per task, not two): until the worker's next writes
+    or flush, another process still sees the count; a held-back key delivered again is right."""
+    worker = open_store(store_url)
+    other = open_store(store_url)
+    assert worker.deliver(b"a") == (1, 0)
+    worker.settle(b"a")
+    assert other.deliver(b"a") == (2, 1)  # not written yet
+    worker.settle(b"a")
+    assert worker.deliver(b"a") == (1, 0)  # the same key again: its settling goes first
+    keys = [b"k%d" % i for i in range(gearman.SETTLE_BATCH + 1)]
+    for key in keys:
+        worker.deliver(key)
+        worker.settle(key)
+    assert other.deliver(keys[0]) == (1, 0)  # a full batch went with a delivery
+    worker.flush()
+    assert other.deliver(keys[-1]) == (1, 0)
+    worker.settle(b"a")
+    worker.close()  # writes what it held back
+    assert other.deliver(b"a") == (1, 0)
+    other.close()
+
+
 # -- a Gearman adapter on a Redis held store --------------------------------------------------
 
 
@@ -181,3 +206,18 @@ def test_a_held_store_that_is_down_hands_the_job_back(gearmand: Server) -> None:
     finally:
         adapter.close()
         redis_server.stop()
+
+
+def test_a_drained_worker_leaves_no_ledger_entries(gearmand: Server, tmp_path: Path) -> None:
+    adapter = GearmanAdapter.from_config(gearman_url(gearmand, f"sqlite:///{tmp_path}/held.db"), {})
+    queue = f"gm-{uuid.uuid4().hex[:8]}"
+    for i in range(5):
+        adapter.put(queue, b"%d" % i, priority=1, delay=0, ttr=60)
+    while (job := adapter.reserve([queue], 0)) is not None:
+        if job.body == b"3":
+            adapter.bury(job, reason="kept")
+        else:
+            adapter.delete(job)
+    with contextlib.closing(sqlite3.connect(tmp_path / "held.db")) as db:
+        assert db.execute("SELECT COUNT(*) FROM gearman_ledger").fetchone() == (0,)  # flushed when idle
+    adapter.close()

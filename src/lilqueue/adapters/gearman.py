@@ -113,6 +113,8 @@ KICK_CLAIM_TIMEOUT = 60.0
 SERVER_RETRY = 2.0
 #: seconds a ledger entry outlives its last delivery (one whose settling was lost is swept then)
 LEDGER_KEEP = 7 * 86400
+#: the most settlings an SQLite held store keeps back, to write them in one statement
+SETTLE_BATCH = 64
 #: seconds the record of a delayed job outlives its due time
 DELAYED_KEEP = 86400
 #: the longest timeout an option may set, in seconds
@@ -239,6 +241,7 @@ class HeldStore(abc.ABC):
     """
 
     url: str
+    _unsettled: list[bytes]
 
     @abc.abstractmethod
     def hold(self, queue: str, id: str, body: bytes, priority: int, ttr: int, reason: str) -> None:
@@ -297,13 +300,24 @@ class HeldStore(abc.ABC):
     def undeliver(self, key: bytes) -> None:
         """Take back the last delivery of ``key`` (handed back unstarted)."""
 
-    @abc.abstractmethod
     def settle(self, key: bytes) -> None:
-        """The job ``key`` reached an outcome: forget its deliveries."""
+        """The job ``key`` reached an outcome: forget its deliveries.
+
+        Held back, to go with a later :meth:`deliver` or :meth:`flush` (the adapter flushes
+        when idle and when it stops): one write per task, not two. A settling lost with its
+        process leaves an entry no one asks for (a completed job's key), swept
+        :data:`LEDGER_KEEP` later.
+        """
+        self._unsettled.append(key)
+
+    @abc.abstractmethod
+    def flush(self) -> None:
+        """Write the settlings held back (see :meth:`settle`)."""
 
     @abc.abstractmethod
     def close(self) -> None:
-        """Release the connection; the store reconnects if used again."""
+        """Write the settlings held back if it can, and release the connection; the store
+        reconnects if used again."""
 
 
 _SQLITE_SCHEMA = """
@@ -358,6 +372,7 @@ class SqliteHeldStore(HeldStore):
         self.busy_timeout = busy_timeout
         self._db: sqlite3.Connection | None = None
         self._swept = 0.0
+        self._unsettled = []
 
     @contextlib.contextmanager
     def _translated(self, what: str) -> Iterator[None]:
@@ -387,6 +402,8 @@ class SqliteHeldStore(HeldStore):
         return db
 
     def close(self) -> None:
+        with contextlib.suppress(LilqueueError):
+            self.flush()
         db = self._db
         self._db = None
         if db is not None:
@@ -394,12 +411,12 @@ class SqliteHeldStore(HeldStore):
 
     def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         db = self._open()
-        with self._translated(sql.split(" ", 1)[0].lower()):
+        with self._translated("read or write"):
             return db.execute(sql, params).fetchall()
 
     def _change(self, sql: str, params: Sequence[Any] = ()) -> int:
         db = self._open()
-        with self._translated(sql.split(" ", 1)[0].lower()):
+        with self._translated("write"):
             return db.execute(sql, params).rowcount
 
     def hold(self, queue: str, id: str, body: bytes, priority: int, ttr: int, reason: str) -> None:
@@ -472,12 +489,24 @@ class SqliteHeldStore(HeldStore):
         self._change("UPDATE gearman_delayed SET cancelled=0 WHERE queue=? AND id=?", (queue, id))
 
     def deliver(self, key: bytes) -> tuple[int, int]:
+        """One statement (SQLite's cost is per write, not per row): the settlings go in
+        batches of :data:`SETTLE_BATCH`, or first if this key is among them."""
         now = time.time()
-        if now - self._swept > 3600:  # entries whose settling was lost (a worker died right after it)
-            self._swept = now
+        if len(self._unsettled) >= SETTLE_BATCH or key in self._unsettled:
+            self.flush()
+        if now - self._swept > 3600:  # entries whose settling was lost with its process
             self._change("DELETE FROM gearman_ledger WHERE seen < ?", (now - LEDGER_KEEP,))
+            self._swept = now
         deliveries, settled = self._rows(_DELIVER, (key, now))[0]
         return _counts(int(deliveries), int(settled))
+
+    def flush(self) -> None:
+        unsettled = self._unsettled[:SETTLE_BATCH]
+        while unsettled:
+            marks = ",".join("?" * len(unsettled))
+            self._change(f"DELETE FROM gearman_ledger WHERE key IN ({marks})", unsettled)
+            del self._unsettled[: len(unsettled)]
+            unsettled = self._unsettled[:SETTLE_BATCH]
 
     def carry(self, key: bytes, deliveries: int) -> None:
         sql = "INSERT OR REPLACE INTO gearman_ledger (key, deliveries, settled, seen) VALUES (?, ?, ?, ?)"
@@ -485,9 +514,6 @@ class SqliteHeldStore(HeldStore):
 
     def undeliver(self, key: bytes) -> None:
         self._change("UPDATE gearman_ledger SET deliveries = deliveries - 1 WHERE key=? AND deliveries > 0", (key,))
-
-    def settle(self, key: bytes) -> None:
-        self._change("DELETE FROM gearman_ledger WHERE key=?", (key,))
 
 
 # Redis: under the prefix P, per queue Q: P held:Q (hash id -> record), P order:Q (zset id by
@@ -565,6 +591,7 @@ class RedisHeldStore(HeldStore):
             self.redis = redis.Redis.from_url(url, socket_connect_timeout=connect_timeout, socket_timeout=io_timeout)
         except ValueError as exc:
             raise ConfigError(f"queue.gearman.held_store: {exc} in {url!r}") from None
+        self._unsettled = []
         self._scripts = {name: self.redis.register_script(text) for name, text in self._SCRIPTS.items()}
 
     _SCRIPTS: ClassVar[dict[str, str]] = {"pick": _PICK, "count": _COUNT, "drop": _DROP, "cancel": _CANCEL}
@@ -590,6 +617,8 @@ class RedisHeldStore(HeldStore):
             return self._scripts[script](keys=keys, args=args)
 
     def close(self) -> None:
+        with contextlib.suppress(LilqueueError):
+            self.flush()
         self.redis.close()
 
     def hold(self, queue: str, id: str, body: bytes, priority: int, ttr: int, reason: str) -> None:
@@ -669,13 +698,24 @@ class RedisHeldStore(HeldStore):
         return self.prefix.encode() + b"ledger:" + key
 
     def deliver(self, key: bytes) -> tuple[int, int]:
+        unsettled = list(self._unsettled)
         with self._translated("count a delivery"):
             pipe = self.redis.pipeline(transaction=True)
+            if unsettled:
+                pipe.delete(*map(self._ledger, unsettled))
             pipe.hincrby(self._ledger(key), "d", 1)
             pipe.hget(self._ledger(key), "s")
             pipe.expire(self._ledger(key), LEDGER_KEEP)
-            deliveries, settled, _ = pipe.execute()
+            deliveries, settled, _ = pipe.execute()[-3:]
+        del self._unsettled[: len(unsettled)]
         return _counts(int(deliveries), int(settled or 0))
+
+    def flush(self) -> None:
+        unsettled = list(self._unsettled)
+        if unsettled:
+            with self._translated("settle"):
+                self.redis.delete(*map(self._ledger, unsettled))
+            del self._unsettled[: len(unsettled)]
 
     def carry(self, key: bytes, deliveries: int) -> None:
         with self._translated("carry deliveries on"):
@@ -687,10 +727,6 @@ class RedisHeldStore(HeldStore):
     def undeliver(self, key: bytes) -> None:
         with self._translated("take back a delivery"):
             self.redis.hincrby(self._ledger(key), "d", -1)
-
-    def settle(self, key: bytes) -> None:
-        with self._translated("settle a job"):
-            self.redis.delete(self._ledger(key))
 
 
 def _counts(deliveries: int, settled: int) -> tuple[int, int]:
@@ -869,6 +905,7 @@ class GearmanAdapter(Adapter):
             if job is not None:
                 self._wasted_wakes = 0
                 return job
+            self.flush()  # idle: the settlings held back for the next grab go now
             self._wasted_wakes = min(self._wasted_wakes + 1, 12) if woken else 0
             left = deadline - time.monotonic()
             if left <= 0:
@@ -984,12 +1021,16 @@ class GearmanAdapter(Adapter):
         return receipt
 
     def _settle(self, job: Job, receipt: _Receipt) -> None:
-        """Forget the job's deliveries once it is completed. If the store fails, its entry
-        stays until swept (``LEDGER_KEEP``): nobody asks for a completed job's key again."""
+        """Forget the job's deliveries once it is completed (written with the next grab)."""
+        self.store.settle(receipt.key)
+
+    def flush(self) -> None:
+        """Write the ledger's held-back settlings now. If the store fails they stay until
+        swept (``LEDGER_KEEP``): nobody asks for a completed job's key again."""
         try:
-            self.store.settle(receipt.key)
+            self.store.flush()
         except LilqueueError as exc:
-            log.warning("job %s is done, but the held store did not forget its deliveries: %s", job.id, exc)
+            log.warning("the held store did not take the ledger's settlings (swept later): %s", exc)
 
     def delete(self, job: Job) -> None:
         """WORK_COMPLETE: gearmand forgets the job; then so does the ledger."""
