@@ -54,34 +54,6 @@ def url(gearmand: Server, tmp_path: Path) -> str:
     return gearman_url([gearmand.port], tmp_path / "held.db")
 
 
-@pytest.fixture
-def log(tmp_path: Path) -> Path:
-    return tmp_path / "runs.log"
-
-
-@pytest.fixture
-def procs() -> Iterator[list[subprocess.Popen[str]]]:
-    started: list[subprocess.Popen[str]] = []
-    yield started
-    for proc in started:
-        kill_tree(proc.pid)
-        proc.wait(10)
-        if proc.stdout is not None:
-            proc.stdout.close()
-
-
-def kill_tree(pid: int) -> None:
-    """kill -9 a worker and its children (a supervisor's children may have process groups of their own)."""
-    children = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            if int(stat.read_text().rpartition(")")[2].split()[1]) == pid:
-                children.append(int(stat.parent.name))
-    for victim in (pid, *children):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(victim, signal.SIGKILL)
-
-
 def gearman_url(ports: list[int], held: Path, poll: float = 0.2) -> str:
     servers = ",".join(f"127.0.0.1:{p}" for p in ports)
     return f"gearman://{servers}?held_store={quote(f'sqlite:///{held}', safe='')}&poll_interval={poll}"
