@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -81,7 +84,7 @@ def test_every_feature_is_native() -> None:
 
 def test_a_queue_name_beanstalkd_cannot_take_is_a_config_error() -> None:
     adapter = BeanstalkdAdapter([Server("127.0.0.1", free_port())])
-    for name in ("-starts-with-dash", "has space", "é", "x" * 201):
+    for name in ("-starts-with-dash", "has space", "é", "x" * 201, "lilqueue-held/x", "lilqueue-settled/y"):
         with pytest.raises(ConfigError, match="not a valid beanstalkd tube name"):
             adapter.put(name, b"{}", priority=1, delay=0, ttr=1)
 
@@ -97,10 +100,66 @@ def test_no_server_is_a_prompt_connection_error() -> None:
     app.close()
 
 
-def test_an_unanswering_address_times_out_within_connect_timeout() -> None:
-    # 10.255.255.1 is not routed here: connect() either hangs (then times out) or fails at once
-    adapter = BeanstalkdAdapter.from_config("beanstalkd://10.255.255.1:11300?connect_timeout=0.5", {})
-    started = time.monotonic()
-    with pytest.raises(BackendConnectionError):
-        adapter.put("jobs", b"{}", priority=1, delay=0, ttr=1)
-    assert time.monotonic() - started < 2
+@contextlib.contextmanager
+def silent_server() -> Iterator[int]:
+    """A port that accepts connections (the kernel's backlog) and never answers."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(64)
+        yield listener.getsockname()[1]
+
+
+@contextlib.contextmanager
+def full_backlog() -> Iterator[int]:
+    """A port whose backlog is full: a new connection's SYN goes unanswered, connect() hangs."""
+    with socket.socket() as listener, contextlib.ExitStack() as stack:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        for _ in range(3):
+            filler = stack.enter_context(socket.socket())
+            filler.setblocking(False)
+            filler.connect_ex(("127.0.0.1", port))
+        time.sleep(0.05)
+        yield port
+
+
+@pytest.mark.parametrize("key", ["connect_timeout", "io_timeout"])
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "0", "-1", "soon", "", "1e400"])
+def test_a_timeout_that_is_not_a_finite_positive_number_is_refused(key: str, value: str) -> None:
+    message = rf"queue\.beanstalkd\.{key}: must be a finite number of seconds above 0"
+    with pytest.raises(ConfigError, match=message):
+        BeanstalkdAdapter.from_config(f"beanstalkd://h:1?{key}={value}", {})
+    with pytest.raises(ConfigError, match=message):
+        BeanstalkdAdapter.from_config(None, {key: float(value) if value not in ("soon", "") else value})
+    with pytest.raises(ConfigError, match=message):
+        BeanstalkdAdapter.from_config(None, {key: True})
+
+
+def test_the_default_timeouts() -> None:
+    conn = BeanstalkdAdapter.from_config(None, {}).conns[0]
+    assert (conn.connect_timeout, conn.io_timeout) == (3.0, 5.0)
+    with pytest.raises(ConfigError, match=r"queue\.beanstalkd\.servers: unknown option"):
+        BeanstalkdAdapter.from_config("beanstalkd://h:1?servers=x", {})
+
+
+def test_a_producer_gives_up_on_a_silent_server_within_the_default_io_timeout() -> None:
+    with silent_server() as port:
+        app = lilqueue.App(settings=load_settings(backend=f"beanstalkd://127.0.0.1:{port}", env={}))
+        started = time.monotonic()
+        with pytest.raises(BackendConnectionError):  # BackendTimeoutError is one
+            app.queue("jobs").send("x", {})
+        took = time.monotonic() - started
+        app.close()
+    assert 4.5 < took < 7, took
+
+
+def test_a_producer_gives_up_on_a_connect_that_hangs_within_the_default_connect_timeout() -> None:
+    with full_backlog() as port:
+        app = lilqueue.App(settings=load_settings(backend=f"beanstalkd://127.0.0.1:{port}", env={}))
+        started = time.monotonic()
+        with pytest.raises(BackendConnectionError):
+            app.queue("jobs").send("x", {})
+        took = time.monotonic() - started
+        app.close()
+    assert 2.5 < took < 5, took

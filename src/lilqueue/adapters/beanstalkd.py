@@ -114,6 +114,8 @@ DEFAULT_PORT = 11300
 DEFAULT_MAX_JOB_SIZE = 65_535
 HELD_PREFIX = "lilqueue-held/"
 SETTLED_PREFIX = "lilqueue-settled/"
+#: the reason shown for a buried job that has no reason record
+NO_RECORD = "held with no reason recorded (buried by another client, or by beanstalkd when out of memory)"
 MAX_TUBE = 200
 #: seconds after a lease's TTR before the nudger pokes its connection
 NUDGE_MARGIN = 0.1
@@ -890,16 +892,18 @@ class BeanstalkdAdapter(Adapter):
     def _held_with_records(self, tube: str, limit: int) -> list[tuple[HeldJob, _Record | None]]:
         """Up to ``limit`` held jobs, oldest first; then any buried job that has no record."""
         found: list[tuple[HeldJob, _Record | None]] = []
+        seen: set[str] = set()
         for record in self._records(tube):
             if len(found) >= limit:
                 return found
-            if (held := self._read_record(record, tube)) is not None:
+            held = self._read_record(record, tube)
+            if held is not None and held.id not in seen:  # (a second record for it: forged)
                 found.append((held, record))
-        seen = {h.id for h, _ in found}
+                seen.add(held.id)
         for conn in self._reachable():
             extra = self._peek_job(conn, tube, "held") if len(found) < limit else None
             if extra is not None and extra[1].id not in seen:
-                found.append((HeldJob(extra[1].id, tube, extra[1].body, None, None), None))
+                found.append((HeldJob(extra[1].id, tube, extra[1].body, NO_RECORD, None), None))
         return found
 
     # -- operating -------------------------------------------------------------------
