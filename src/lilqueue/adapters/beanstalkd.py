@@ -9,7 +9,8 @@ Deliveries and the hot path
     A reserved job says neither its tube, priority, TTR nor how often it was handed
     out, so each reservation needs a ``stats-job``: ``Job.deliveries`` is the job's
     ``reserves`` count (it grows with every reservation, including those after a
-    release for retry or a TTR lapse, and it survives a binlog restart). To keep
+    release for retry or a TTR lapse, and it survives a binlog restart), less those
+    handed back unstarted (below). To keep
     that off the round-trip budget, the ``stats-job`` of the id the connection will
     probably get (the last reserved id + 1: one producer's jobs are numbered in the
     order they are taken) is sent in the same write as the ``reserve``; when the
@@ -20,6 +21,21 @@ Deliveries and the hot path
     with the next command's. So a processed task costs one round trip and one
     wake-up of the server when the guess holds (a raw ``reserve`` + ``delete`` loop
     pays two of each), at most two when it does not.
+
+Runs that never finished, and handing back unstarted
+    ``Job.unfinished`` must count the deliveries since the last outcome that reached
+    none (a worker died, a lease lapsed). ``stats-job`` only has totals: ``reserves -
+    1 - releases - buries`` is every such delivery ever (closing a connection that
+    holds a job hands it back counting nothing but its reservation; checked on 1.12).
+    What a retry or a kick settled is kept in a *settle marker*: a ready job
+    ``{"base", "skip"}`` alone in tube ``lilqueue-settled/T/ID``, written before the
+    release or kick (so no worker can reserve the job before it), read on a later
+    reservation only if the job was ever released or kicked (one more round trip for
+    those), deleted with the job. ``unfinished = that total - base``. beanstalkd cannot
+    take back a reservation, so ``unreserve`` releases the job and adds one to
+    ``skip``; ``Job.deliveries = reserves - skip``. A marker is written only when a
+    settle changes it: a task retried with nothing unfinished costs none. A marker
+    another client spoils reads as 0 (never fewer attempts than there were).
 
 Hold reasons
     beanstalkd keeps nothing but the job on a buried job, and can only show the
@@ -36,6 +52,7 @@ Hold reasons
     job was kicked, deleted or re-held by another client) are deleted when met. Jobs
     buried by other clients have no record; the oldest one is still listed (with no
     reason) and kicked. Nobody watches the record tubes, so no worker takes them.
+    Queue names starting with ``lilqueue-held/`` or ``lilqueue-settled/`` are refused.
 
 Server pools
     Producers spread tasks round-robin over the servers and fail over to the next
