@@ -3,7 +3,9 @@
 The raw loop is what one sequential client and worker can do with
 ``lilqueue.adapters.gearman_protocol`` alone: ``SUBMIT_JOB_LOW_BG`` per put (the band of
 lilqueue's default priority); ``GRAB_JOB_UNIQ`` + ``WORK_COMPLETE`` per task; and for the
-latency, a worker thread sleeping in ``PRE_SLEEP`` until gearmand's ``NOOP``.
+latency, a worker thread sleeping in ``PRE_SLEEP`` until gearmand's ``NOOP``. lilqueue's
+row pays for its delivery ledger too (one write per task to the held store, an SQLite file
+in the bench's temporary directory); the raw loop counts nothing.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+import lilqueue
 from lilqueue.adapters.gearman import GearmanAdapter, band, new_unique, parse_unique
 from lilqueue.adapters.gearman_protocol import (
     MAX_UNIQUE,
@@ -26,6 +27,7 @@ from lilqueue.adapters.gearman_protocol import (
     encode,
     parse_address,
 )
+from lilqueue.config import load_settings
 from lilqueue.errors import BackendConnectionError, ConfigError
 
 UTF8 = "héllo ✓ 日本語 🚀".encode()
@@ -355,6 +357,15 @@ def test_queue_names_gearman_can_carry() -> None:
     for bad in ("", "a\nb", "a\tb", "a\0b", "\udc80", "q" * 248, "é" * 124):
         assert GearmanAdapter.queue_name_problem(bad), bad
     assert "@delayed" in (GearmanAdapter.queue_name_problem("mail@delayed") or "")
+
+
+def test_app_queue_refuses_what_gearman_cannot_carry(tmp_path: Path) -> None:
+    app = lilqueue.App(settings=load_settings(backend=f"gearman://127.0.0.1:1?held_store={tmp_path}/h.db", env={}))
+    for name in ("mail@delayed", "q" * 248, "new\nline"):
+        with pytest.raises(ConfigError, match="cannot declare queue"):
+            app.queue(name)
+    assert app.queue("q" * 247).name == "q" * 247
+    app.close()
 
 
 def test_config_rejects_unknown_options_naming_the_key(tmp_path: Path) -> None:
