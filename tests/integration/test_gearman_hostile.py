@@ -19,7 +19,7 @@ from lilqueue.adapters.gearman import DELAYED_SUFFIX
 from lilqueue.adapters.gearman_protocol import Address, Admin, Command, Connection
 from tests.hostile import CORPUS, check_hostile
 from tests.integration.workers import run_cli
-from tests.servers import Server, binary, free_port
+from tests.servers import Server, binary, free_port, require_module
 
 
 @pytest.fixture(scope="module")
@@ -64,10 +64,27 @@ def submit(client: Connection, function: str, unique: bytes, body: bytes) -> Non
     client.request(Command.SUBMIT_JOB_BG, name, unique, body, expect=Command.JOB_CREATED)
 
 
-def test_the_hostile_corpus_and_gearman_level_garbage_are_held(gearmand: Server, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def redis_port() -> Iterator[int]:
+    require_module("redis")
+    port = free_port()
+    argv = [binary("redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    with Server(argv, port):
+        yield port
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def held_store(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/held.db"
+    return f"redis://127.0.0.1:{request.getfixturevalue('redis_port')}/0"
+
+
+def test_the_hostile_corpus_and_gearman_level_garbage_are_held(
+    gearmand: Server, held_store: str, tmp_path: Path
+) -> None:
     queue = f"hostile-{uuid.uuid4().hex[:8]}"
-    held = quote(f"sqlite:///{tmp_path}/held.db", safe="")
-    url = f"gearman://127.0.0.1:{gearmand.port}?held_store={held}&poll_interval=0.2"
+    url = f"gearman://127.0.0.1:{gearmand.port}?held_store={quote(held_store, safe='')}&poll_interval=0.2"
     client = Connection(Address("127.0.0.1", gearmand.port))
     extras = gearman_level_hostiles(queue)
     for function, unique, body, _label in extras:
@@ -81,7 +98,7 @@ def test_the_hostile_corpus_and_gearman_level_garbage_are_held(gearmand: Server,
     tried, held_count = check_hostile(url, queue, put_raw, tmp_path, extra=len(extras) + 1)
     client.close()
     assert (tried, held_count) == (len(CORPUS) + len(extras) + 1,) * 2
-    print(f"\nGearman: {tried} hostile inputs tried, {held_count} held")
+    print(f"\nGearman ({held_store.partition(':')[0]} held store): {tried} hostile inputs tried, {held_count} held")
 
 
 ODD_FUNCTIONS = [
