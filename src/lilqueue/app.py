@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import weakref
@@ -13,6 +14,7 @@ from lilqueue import wire
 from lilqueue.adapters import adapter_class, create_adapter
 from lilqueue.adapters.base import Adapter, Capabilities
 from lilqueue.config import Settings, import_path, load_settings, retry_policy
+from lilqueue.connections import Connections
 from lilqueue.errors import ConfigError, TaskError
 from lilqueue.handler import QueueHandler, Worker
 from lilqueue.task import Task, check_delay, check_priority, check_ttr
@@ -28,6 +30,7 @@ _apps: weakref.WeakSet[App] = weakref.WeakSet()
 
 
 def _after_fork_in_child() -> None:
+    """A forked child uses (and closes) none of the parent's connections: see connections.py."""
     for app in list(_apps):
         app._forget_connections()
 
@@ -61,8 +64,7 @@ class App:
         self._queues: dict[str, QueueHandler] = {}
         self._by_backend_name: dict[str, QueueHandler] = {}
         self._local = threading.local()
-        self._adapters: list[Adapter] = []
-        self._adapters_lock = threading.Lock()
+        self._connections = Connections(functools.partial(create_adapter, self.settings))
         self._workers: dict[type[Worker], Worker] = {}
         self._captures: list[ContextCapture] = []
         self._appliers: list[ContextApply] = []
@@ -79,22 +81,25 @@ class App:
 
     @property
     def adapter(self) -> Adapter:
-        """This process's and thread's connection to the backend, made on first use."""
+        """This thread's connection to the backend, made (or reused) on first use.
+
+        It goes back to the app when the thread ends: kept for the next new thread
+        (a few at most) or closed. See :mod:`lilqueue.connections`.
+        """
         adapter: Adapter | None = getattr(self._local, "adapter", None)
         return adapter if adapter is not None else self._connect()
 
     def _connect(self) -> Adapter:
-        adapter = create_adapter(self.settings)
-        self._local.adapter, self._local.lock = adapter, threading.RLock()
-        with self._adapters_lock:
-            self._adapters.append(adapter)
+        adapter, slot = self._connections.take()
+        self._local.slot = slot  # dropped when the thread ends: the adapter goes back
+        self._local.lock = threading.RLock()
+        self._local.adapter = adapter
         return adapter
 
     def _forget_connections(self) -> None:
         """In a forked child: the parent's connections are not ours to use (or close)."""
+        self._connections = Connections(functools.partial(create_adapter, self.settings))
         self._local = threading.local()
-        self._adapters = []
-        self._adapters_lock = threading.Lock()
 
     @property
     def adapter_lock(self) -> threading.RLock:
@@ -108,13 +113,8 @@ class App:
         adapter: Adapter | None = getattr(self._local, "adapter", None)
         self._local.adapter = None
         if adapter is not None:
-            with self._adapters_lock:
-                if adapter in self._adapters:
-                    self._adapters.remove(adapter)
-            try:
-                adapter.close()
-            except Exception:  # noqa: BLE001 - it is already broken
-                pass
+            self._connections.discard(adapter)  # closed, never reused: it is broken
+        self._local.slot = None
 
     @property
     def capabilities(self) -> Capabilities:
@@ -122,12 +122,15 @@ class App:
         return adapter_class(self.settings).capabilities
 
     def close(self) -> None:
-        """Close every connection this process opened."""
-        with self._adapters_lock:
-            adapters, self._adapters = self._adapters, []
-        for adapter in adapters:
-            adapter.close()
-        self._local = threading.local()
+        """Close every connection this process opened (every thread's, and the idle ones).
+
+        The app stays usable: the next operation connects again. Raises the first
+        error an adapter's ``close`` raised, after closing the others.
+        """
+        try:
+            self._connections.close()
+        finally:
+            self._local = threading.local()
 
     def __enter__(self) -> App:
         return self
