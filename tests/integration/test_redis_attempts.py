@@ -17,8 +17,8 @@ from tests.servers import Server, binary, free_port
 @pytest.fixture(scope="module")
 def port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     port = free_port()
-    argv = [binary("redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-            "--dir", str(tmp_path_factory.mktemp("redis"))]  # fmt: skip
+    workdir = str(tmp_path_factory.mktemp("redis"))
+    argv = [binary("redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", workdir]
     with Server(argv, port):
         yield port
 

@@ -21,19 +21,21 @@ from tests.hostile import check_hostile
 from tests.servers import Server, binary, free_port
 
 #: task-record fields a foreign client may get wrong, and values no script may trust
-BAD_FIELDS = [
-    ("pri", "nan"), ("pri", "inf"), ("pri", "-1"), ("pri", str(2**32)), ("pri", "soon"), ("pri", "1.5"),
-    ("ttr", "nan"), ("ttr", "inf"), ("ttr", "0"), ("ttr", "-1"), ("ttr", "1e400"), ("ttr", ""),
-    ("n", "inf"), ("n", "nan"), ("n", "-1"), ("n", "x"), ("n", "1.5"), ("n", "1e300"),
-    ("u", "2"), ("s", "9"), ("u", "nan"), ("s", "-inf"),
-]  # fmt: skip
+BAD_VALUES = {
+    "pri": ("nan", "inf", "-1", str(2**32), "soon", "1.5"),
+    "ttr": ("nan", "inf", "0", "-1", "1e400", ""),
+    "n": ("inf", "nan", "-1", "x", "1.5", "1e300"),
+    "u": ("2", "nan"),
+    "s": ("9", "-inf"),
+}
+BAD_FIELDS = [(field, value) for field, values in BAD_VALUES.items() for value in values]
 
 
 @pytest.fixture(scope="module")
 def port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     port = free_port()
-    argv = [binary("redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-            "--dir", str(tmp_path_factory.mktemp("redis"))]  # fmt: skip
+    workdir = str(tmp_path_factory.mktemp("redis"))
+    argv = [binary("redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", workdir]
     with Server(argv, port):
         yield port
 

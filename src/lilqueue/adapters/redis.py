@@ -620,8 +620,6 @@ _OPTIONS = {
     "timeout": float,  # the name io_timeout had before: still accepted
     "pipeline_acks": bool,
 }
-#: the seconds options: finite and above zero
-_SECONDS = ("connect_timeout", "io_timeout", "timeout")
 #: seconds between two warnings about the same queue whose keys lilqueue cannot use
 _WARN_EVERY = 60.0
 
