@@ -127,14 +127,20 @@ def test_a_runner_that_stops_commits_its_last_delete(tmp_path: Path) -> None:
     app.close()
 
 
-def test_only_delayed_rows_are_in_the_due_index(tmp_path: Path) -> None:
+def indexed(adapter: SQLiteAdapter, index: str, where: str) -> int:
+    sql = f"SELECT COUNT(*) FROM lilqueue_jobs INDEXED BY lilqueue_jobs_{index} WHERE {where}"
+    return int(adapter.db.execute(sql).fetchone()[0])
+
+
+def test_the_ready_index_holds_only_takeable_rows(tmp_path: Path) -> None:
     adapter = SQLiteAdapter(str(tmp_path / "q.db"))
     adapter.put("q", b"{}", priority=1, delay=0, ttr=60)
     adapter.put("q", b"{}", priority=1, delay=30, ttr=60)
-    indexed = adapter.db.execute("SELECT COUNT(*) FROM lilqueue_jobs INDEXED BY lilqueue_jobs_delayed "
-                                 "WHERE queue = 'q' AND state = 0 AND due > 0").fetchone()[0]  # fmt: skip
-    assert indexed == 1
-    assert adapter.stats("q") == sqlite.QueueStats(1, 1, 0, 0)
+    ready, timed = "state < 2 AND due < 0", "state < 2 AND due >= 0"
+    assert (indexed(adapter, "ready", ready), indexed(adapter, "timed", timed)) == (1, 1)
+    assert adapter.reserve(["q"], 0) is not None
+    assert (indexed(adapter, "ready", ready), indexed(adapter, "timed", timed)) == (1, 1)  # a lease stays in _ready
+    assert adapter.stats("q") == sqlite.QueueStats(0, 1, 1, 0)
     peeked = adapter.peek("q", "delayed")
     assert peeked is not None and peeked.id == "2"
     adapter.close()

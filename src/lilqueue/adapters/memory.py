@@ -4,6 +4,10 @@ It keeps every promise the real backends keep (priority, delay, TTR leases, touc
 hold with reason, kick, stats, peek, blocking reserve) so a test written against it
 behaves the same on a server. Every ``App`` in the process using the same URL shares
 one broker, whatever thread it runs in.
+
+Attempt accounting matches the durable backends: ``deliveries`` counts reservations,
+``settled`` is ``deliveries`` at the last outcome (retry, hold, kick), so a lease that
+lapsed with no outcome shows up in ``Job.unfinished``; ``unreserve`` takes a delivery back.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ class _Message:
     due: float  # waiting: when ready; reserved: when the lease lapses (monotonic seconds)
     state: State = "waiting"
     deliveries: int = 0
+    settled: int = 0  # deliveries at the last outcome (retry, hold, kick)
     reason: str | None = None
     held_at: float | None = None
     version: int = 0  # bumped on every change; heap entries of older versions are stale
@@ -180,7 +185,8 @@ class MemoryAdapter(Adapter):
         msg.state, msg.due = "reserved", now + msg.ttr
         msg.deliveries += 1
         self.broker.index(msg, now)
-        return Job(str(msg.id), msg.queue, msg.body, msg.priority, msg.ttr, msg.deliveries, msg.deliveries)
+        unfinished = msg.deliveries - 1 - msg.settled
+        return Job(str(msg.id), msg.queue, msg.body, msg.priority, msg.ttr, msg.deliveries, msg.deliveries, unfinished)
 
     def _mine(self, job: Job) -> _Message | None:
         """The message if ``job`` still holds its lease (not lapsed and taken by another)."""
@@ -199,13 +205,25 @@ class MemoryAdapter(Adapter):
             if (msg := self._mine(job)) is not None:
                 now = time.monotonic()
                 msg.state, msg.priority, msg.due = "waiting", priority, now + delay
+                msg.settled = msg.deliveries
+                self.broker.index(msg, now)
+                self.broker.cond.notify_all()
+
+    def unreserve(self, job: Job) -> None:
+        """Ready again at once, and this delivery taken back: the next one counts the same."""
+        with self.broker.cond:
+            if (msg := self._mine(job)) is not None:
+                now = time.monotonic()
+                msg.state, msg.due = "waiting", now
+                msg.deliveries -= 1
                 self.broker.index(msg, now)
                 self.broker.cond.notify_all()
 
     def bury(self, job: Job, *, reason: str) -> None:
         with self.broker.cond:
             if (msg := self._mine(job)) is not None:
-                msg.state, msg.reason, msg.held_at = "held", reason, time.time()
+                msg.state, msg.reason, msg.held_at = "held", str(reason), time.time()
+                msg.settled = msg.deliveries
                 self.broker.index(msg, time.monotonic())
 
     def touch(self, job: Job) -> None:
@@ -220,7 +238,7 @@ class MemoryAdapter(Adapter):
 
     def kick(self, queue: str, count: int) -> int:
         with self.broker.cond:
-            held = self._held(queue)[:count]
+            held = self._held(queue)[: max(count, 0)]
             for msg in held:
                 self._unhold(msg)
                 self.broker.index(msg, msg.due)
@@ -240,6 +258,7 @@ class MemoryAdapter(Adapter):
     @staticmethod
     def _unhold(msg: _Message) -> None:
         msg.state, msg.due, msg.reason, msg.held_at = "waiting", time.monotonic(), None, None
+        msg.settled = msg.deliveries
 
     def delete_id(self, queue: str, id: str) -> bool:
         with self.broker.cond:
@@ -251,7 +270,8 @@ class MemoryAdapter(Adapter):
 
     def held(self, queue: str, limit: int = 100) -> list[HeldJob]:
         with self.broker.cond:
-            return [HeldJob(str(m.id), m.queue, m.body, m.reason, m.held_at) for m in self._held(queue)[:limit]]
+            oldest = self._held(queue)[: max(limit, 0)]
+        return [HeldJob(str(m.id), m.queue, m.body, m.reason, m.held_at) for m in oldest]
 
     def peek(self, queue: str, state: PeekState) -> Peeked | None:
         with self.broker.cond:
@@ -284,7 +304,5 @@ def _state_name(m: _Message, now: float) -> str:
 
 
 def _int(id: str) -> int:
-    try:
-        return int(id)
-    except ValueError:
-        return -1
+    """The message id ``id`` names, or -1 (none) for anything that is not one."""
+    return int(id) if isinstance(id, str) and id.isascii() and id.isdigit() else -1
