@@ -2,6 +2,9 @@
 
 Every run appends ``"<task name> <data i> <attempt> <pid> <phase> <epoch seconds>"``
 to the file named by ``LILQUEUE_TEST_LOG`` with one ``write`` on an O_APPEND descriptor.
+
+``LILQUEUE_SQS_MANY=STEM:COUNT`` declares COUNT more queues, ``STEM-000`` and on, each
+with the workers ``echo`` and ``nap`` (sleeps ``data["s"]`` seconds, then records).
 """
 
 from __future__ import annotations
@@ -32,8 +35,19 @@ def echo(task: lilqueue.Task) -> None:
     record(task, "done")
 
 
-for queue in watched:
+def nap(task: lilqueue.Task) -> None:
+    time.sleep(float(task.data.get("s", 0)))
+    record(task, "done")
+
+
+def many() -> list[lilqueue.QueueHandler]:
+    stem, _, count = os.environ.get("LILQUEUE_SQS_MANY", "").partition(":")
+    return [app.queue(f"{stem}-{n:03d}", max_attempts=3, backoff=0) for n in range(int(count or 0))]
+
+
+for queue in [*watched, *many()]:
     queue.worker("echo")(echo)
+    queue.worker("nap")(nap)
 
 
 @parked.worker("park")

@@ -4,6 +4,7 @@ does not reach (configuration, errors, bands across queues, long delays, give-ba
 from __future__ import annotations
 
 import itertools
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +17,7 @@ from lilqueue.adapters import sqs as sqs_module
 from lilqueue.adapters import sqs_poller
 from lilqueue.adapters.sqs import BANDS, SQSAdapter, band_of
 from lilqueue.config import load_settings
-from lilqueue.errors import BackendConnectionError, ConfigError
+from lilqueue.errors import BackendConnectionError, BackendTimeoutError, ConfigError
 from lilqueue.testing import fresh_name, reserve_until
 from tests.integration.workers import run_cli
 from tests.servers import free_port, moto_sqs
@@ -73,12 +74,82 @@ def test_url_and_named_config(endpoint: str, tmp_path: Path) -> None:
         (None, {"wait": "soon"}, "queue.amazonsqs.wait"),
         (None, {"attributes": ["x"]}, "queue.amazonsqs.attributes"),
         (None, {"connect_timeout": 0}, "queue.amazonsqs.connect_timeout"),
+        ("sqs://us-east-1?connect_timeout=nan", {}, "queue.amazonsqs.connect_timeout"),
+        ("sqs://us-east-1?connect_timeout=inf", {}, "queue.amazonsqs.connect_timeout"),
+        ("sqs://us-east-1?connect_timeout=-1", {}, "queue.amazonsqs.connect_timeout"),
+        (None, {"connect_timeout": True}, "queue.amazonsqs.connect_timeout"),
+        ("sqs://us-east-1?io_timeout=nan", {}, "queue.amazonsqs.io_timeout"),
+        ("sqs://us-east-1?io_timeout=0", {}, "queue.amazonsqs.io_timeout"),
+        ("sqs://us-east-1?io_timeout=", {}, "queue.amazonsqs.io_timeout"),
+        (None, {"io_timeout": "soon"}, "queue.amazonsqs.io_timeout"),
+        (None, {"io_timeout": float("inf")}, "queue.amazonsqs.io_timeout"),
+        ("sqs://us-east-1?wait=nan", {}, "queue.amazonsqs.wait"),
+        ("sqs://us-east-1?wait=inf", {}, "queue.amazonsqs.wait"),
+        ("sqs://us-east-1?wait=2.5", {}, "queue.amazonsqs.wait"),
+        ("sqs://us-east-1?wait=0", {}, "queue.amazonsqs.wait"),
+        ("sqs://us-east-1?wait=1e400", {}, "queue.amazonsqs.wait"),
+        ("sqs://us%20east", {}, "queue.amazonsqs.region"),
+        (None, {"region": "eu-west-1\n"}, "queue.amazonsqs.region"),
+        (None, {"region": 5}, "queue.amazonsqs.region"),
+        ("sqs://us-east-1?endpoint_url=localhost:4566", {}, "queue.amazonsqs.endpoint_url"),
+        ("sqs://us-east-1?endpoint_url=http://[::1", {}, "queue.amazonsqs.endpoint_url"),
+        (None, {"endpoint_url": 4566}, "queue.amazonsqs.endpoint_url"),
         ("sqs://us-east-1/a/path", {}, "queue.backend"),
     ],
 )
 def test_bad_config_names_the_key(url: str | None, options: dict[str, object], key: str) -> None:
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         SQSAdapter.from_config(url, options)
+
+
+def test_timeouts_default_to_the_shared_bounds_and_are_configurable(endpoint: str) -> None:
+    made = SQSAdapter.from_config(f"sqs://us-east-1?endpoint_url={endpoint}", {})
+    config = made.client.meta.config
+    assert (config.connect_timeout, config.read_timeout) == (3.0, 5.0)
+    assert made.receiver.meta.config.read_timeout == 5.0 + made.wait  # a long poll waits its own time on top
+    tuned = SQSAdapter.from_config(f"sqs://us-east-1?endpoint_url={endpoint}&connect_timeout=1.5&io_timeout=2", {})
+    assert (tuned.client.meta.config.connect_timeout, tuned.client.meta.config.read_timeout) == (1.5, 2.0)
+    made.close()
+    tuned.close()
+
+
+def test_a_silent_endpoint_times_out_within_the_io_timeout() -> None:
+    with socket.socket() as silent:  # accepts connections (the kernel does) and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        port = silent.getsockname()[1]
+        made = SQSAdapter.from_config(f"sqs://us-east-1?endpoint_url=http://127.0.0.1:{port}&io_timeout=0.5", {})
+        started = time.monotonic()
+        with pytest.raises(BackendTimeoutError):
+            made.put("q", b"{}", priority=1024, delay=0, ttr=60)
+        took = time.monotonic() - started
+        made.close()
+    assert 0.5 <= took < 0.5 * sqs_module.ATTEMPTS + 1.5, took
+
+
+@pytest.mark.parametrize(
+    ("name", "refused"),
+    [
+        ("mail", None),
+        ("Mail_box-2", None),
+        ("a" * 72, None),  # with "__urgent", SQS's 80
+        ("a" * 73, "at most 72"),
+        ("mail.fifo", "letters, digits"),
+        ("mail box", "letters, digits"),
+        ("caf\u00e9", "letters, digits"),
+        ("mail\n", "control"),
+        ("", "non-empty"),
+        ("mail__held", "__held"),
+        ("mail__urgent", "__urgent"),
+        ("mail__low", "__low"),
+    ],
+)
+def test_queue_names_follow_sqs_rules(name: str, refused: str | None) -> None:
+    problem = SQSAdapter.queue_name_problem(name)
+    if refused is None:
+        assert problem is None
+    else:
+        assert problem is not None and refused in problem
 
 
 def test_an_unreachable_endpoint_fails_fast_as_a_connection_error() -> None:

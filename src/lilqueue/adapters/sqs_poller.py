@@ -10,7 +10,9 @@ behind another:
 - a *quick look* (``WaitTimeSeconds=0``, :data:`QUICK_THREADS` threads) answers within a
   round trip. ``take`` hands out the first slot (most urgent band first) holding a
   message, but waits for unanswered quick looks at more urgent slots, at most
-  :data:`PRIORITY_WAIT` seconds;
+  :data:`PRIORITY_WAIT` seconds. While a message is held, only slots whose last
+  receive brought one are looked at again (a burst drain costs a request per task,
+  not one per watched queue);
 - a *long poll* (``WaitTimeSeconds=wait``, :data:`LONG_THREADS` threads) follows a quick
   look that found nothing while a ``take`` with a timeout is waiting, and goes on polling
   while takes keep waiting, across calls. With more slots than threads, long polls take
@@ -70,6 +72,7 @@ class Slot:
     polling: bool = False  # a receive (or a hand-back) is in flight
     quick: bool = False  # ... and it is a quick look
     message: MessageTypeDef | None = None  # received, not yet handed out
+    fruitful: bool = True  # its last receive brought a message (or it has had none yet)
     received_at: float = 0.0
     error: LilqueueError | None = None
 
@@ -108,7 +111,7 @@ class Poller:
             self._listening = timeout > 0
             for slot in slots:
                 self._known.setdefault(id(slot), slot)
-            self._start(slots, QUICK)
+            self._start(slots, QUICK, fruitful_only=any(s.message is not None for s in slots))
             found = self._wait_for(slots, deadline, timeout > 0)
             if found is None and timeout <= 0:
                 self._start(slots, CONFIRM)
@@ -166,10 +169,14 @@ class Poller:
 
     # -- receiving (pool threads) -------------------------------------------------------------
 
-    def _start(self, slots: list[Slot], kind: str) -> None:
-        """Start a receive of ``kind`` on every slot with none in flight and no message (lock held)."""
+    def _start(self, slots: list[Slot], kind: str, *, fruitful_only: bool = False) -> None:
+        """Start a receive of ``kind`` on every slot with none in flight and no message (lock held).
+
+        ``fruitful_only``: only on slots whose last receive brought a message (while a
+        message is held, a slot found empty is looked at again once none is).
+        """
         for slot in slots:
-            if not slot.polling and slot.message is None and not self._closed:
+            if not slot.polling and slot.message is None and not self._closed and (slot.fruitful or not fruitful_only):
                 slot.polling = True
                 slot.quick = kind == QUICK
                 self._submit(slot, kind)
@@ -214,6 +221,7 @@ class Poller:
         with self._cond:
             slot.error = error
             slot.quick = False
+            slot.fruitful = bool(messages) or error is not None
             self._cond.notify_all()
             if messages and not (self._returning or self._closed):
                 slot.message = messages[0]
