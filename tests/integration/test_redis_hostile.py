@@ -175,11 +175,18 @@ def test_keys_of_another_type_in_a_queue_are_refused_before_anything_is_written(
     adapter.delete(job)
     assert adapter.reserve([bad, good], 0) is None  # and an idle reserve does not fail
     client.set(f"{good}:held", "junk")
-    adapter.put(good, b"later", priority=1, delay=0, ttr=60)
+    id = foreign_put(client, good, b"later", ttr="nan")
     with pytest.raises(BackendError, match=f"{good}:held is a string"):
-        adapter.reserve([good], 0)  # a task cannot be held there: it is not taken either
+        adapter.reserve([good], 0)  # a record that must be held cannot be: it stays as it was
+    assert client.zscore(f"{good}:ready", id.zfill(16)) == 1024 and client.hget(f"{good}:job:{id}", "ttr") == b"nan"
+    adapter.put(good, b"urgent", priority=0, delay=0, ttr=60)
+    job = reserve_until(adapter, [good])  # a task that needs no hold is leased all the same
+    with pytest.raises(BackendError, match=f"{good}:held is a string"):
+        adapter.bury(job, reason="x")  # refused before anything changed: still leased
     client.delete(f"{good}:held")
-    assert reserve_until(adapter, [good]).body == b"later"
+    adapter.bury(job, reason="x")
+    assert adapter.reserve([good], 0) is None
+    assert sorted(h.id for h in adapter.held(good)) == sorted([job.id, id])
 
 
 def test_a_counter_that_is_not_a_number_refuses_a_put_and_writes_nothing(

@@ -125,22 +125,30 @@ local function make_ready(q, id)
   local pri = whole(redis.pcall('HGET', q .. ':job:' .. id, 'pri'), 0) or 1024
   redis.call('ZADD', q .. ':ready', pri, pad(id))
 end
+-- the members of sorted set `key` due by `now`; or nil and why not
+local function due(key, now)
+  local ids = redis.pcall('ZRANGEBYSCORE', key, '-inf', now, 'LIMIT', 0, 1000)
+  if ids.err then return nil, misfit(key, 'zset') or ids.err end
+  return ids
+end
+local function move(q, set, ids)
+  for _, id in ipairs(ids) do
+    redis.call('ZREM', q .. set, id)
+    make_ready(q, id)
+  end
+end
 -- move due delays and lapsed leases to ready; why not, if a key of q is not a sorted set
 local function promote(q, now)
-  local why = misfits(q, {':ready', ':held'})
+  local delayed, why = due(q .. ':delayed', now)
+  if not delayed then return why end
+  local lapsed
+  lapsed, why = due(q .. ':reserved', now)
+  if not lapsed then return why end
+  if #delayed + #lapsed == 0 then return nil end
+  why = misfit(q .. ':ready', 'zset')
   if why then return why end
-  local moves = {}
-  for _, set in ipairs({':delayed', ':reserved'}) do
-    local ids = redis.pcall('ZRANGEBYSCORE', q .. set, '-inf', now, 'LIMIT', 0, 1000)
-    if ids.err then return misfit(q .. set, 'zset') or ids.err end
-    moves[set] = ids
-  end
-  for set, ids in pairs(moves) do
-    for _, id in ipairs(ids) do
-      redis.call('ZREM', q .. set, id)
-      make_ready(q, id)
-    end
-  end
+  move(q, ':delayed', delayed)
+  move(q, ':reserved', lapsed)
   return nil
 end
 -- a fresh task id of q whose key is free, or nil and why
@@ -249,50 +257,78 @@ return id
 _TAKE = (
     _TAKE_HOLDS
     + """
+-- the values to lease a record with as it is (lilqueue's own, or a foreign one that left out
+-- pri, ttr or n); nil if check() would find anything wrong. Allocates nothing: the hot path.
+local function usable_as_is(f, score)
+  local pri, ttr, n = whole(f[2] or score, 0), whole(f[3] or 60, 1), whole(f[4] or 0, 0)
+  local u, s = whole(f[5] or 0, 0), whole(f[6] or 0, 0)
+  if not (f[1] and pri and ttr and n and u and s) or u > n or s > n - u then return nil end
+  return pri, ttr, n, u, s
+end
+-- hold the popped entry of q that cannot be leased (f: its record's fields, or the error reading them)
+local function hold_unusable(q, id, f, member, score, now)
+  local why = misfit(q .. ':held', 'zset')
+  if why then return why end
+  local key = q .. ':job:' .. id
+  if not string.find(id, '^%d+$') then
+    return hold_new(q, '', 'the entry ' .. quote(member) .. ' of ' .. q .. ':ready is not a task id', now)
+  end
+  if f.err then return hold_odd(q, id, member, score, now) end
+  if not f[1] and redis.call('EXISTS', key) == 0 then
+    redis.call('HSET', key, 'body', '', 'pri', whole(score, 0) or 1024, 'ttr', 60, 'n', 0)
+    hold(q, id, 'no task record ' .. key .. ' for the entry ' .. quote(member) .. ' of ' .. q .. ':ready', now)
+    return nil
+  end
+  local v, problems = check(f, score)
+  hold_bad(q, id, key, v, f[1], problems or 'nothing found wrong', now)
+  return nil
+end
 -- lease the popped entry of ARGV[i]: the reply, or nil when it was held instead; or nil and why not
 local function lease(i, member, score, now)
   local q = ARGV[i]
   local id = unpad(member)
-  if not string.find(id, '^%d+$') then
-    return nil, hold_new(q, '', 'the entry ' .. quote(member) .. ' of ' .. q .. ':ready is not a task id', now)
-  end
   local key = q .. ':job:' .. id
-  local f = redis.pcall('HMGET', key, 'body', 'pri', 'ttr', 'n', 'u', 's')
-  if f.err then return nil, hold_odd(q, id, member, score, now) end
-  if not f[1] and redis.call('EXISTS', key) == 0 then
-    redis.call('HSET', key, 'body', '', 'pri', whole(score, 0) or 1024, 'ttr', 60, 'n', 0)
-    hold(q, id, 'no task record ' .. key .. ' for the entry ' .. quote(member) .. ' of ' .. q .. ':ready', now)
-    return nil, nil
+  local f
+  if string.find(id, '^%d+$') then
+    f = redis.pcall('HMGET', key, 'body', 'pri', 'ttr', 'n', 'u', 's')
+  else
+    f = {err = 'not a task id'}
   end
-  local v, problems = check(f, score)
-  if problems then
-    hold_bad(q, id, key, v, f[1], problems, now)
-    return nil, nil
-  end
-  local n = v.n + 1
+  local pri, ttr, n, u, s
+  if not f.err then pri, ttr, n, u, s = usable_as_is(f, score) end
+  if not pri then return nil, hold_unusable(q, id, f, member, score, now) end
+  n = n + 1
   redis.call('HSET', key, 'n', int(n))
-  redis.call('ZADD', q .. ':reserved', now + v.ttr * 1000, id)
+  redis.call('ZADD', q .. ':reserved', now + ttr * 1000, id)
   if redis.pcall('LLEN', q .. ':wake') == 0 and redis.call('EXISTS', q .. ':ready') == 1 then
     redis.call('RPUSH', q .. ':wake', '1')  -- more is ready: pass a token on to the next idle worker
   end
-  return string.format('%d %s %d %d %d %d %d\\n', i, id, v.pri, v.ttr, n - v.u, n - v.u - 1 - v.s, n) .. f[1]
+  return string.format('%d %s %d %d %d %d %d\\n', i, id, pri, ttr, n - u, n - u - 1 - s, n) .. f[1]
 end
--- the most urgent ready entry of the usable queues, removed from ready: index, member, score
+-- the most urgent ready entry of the usable queues, removed from ready: index, member, score;
+-- or the index of a queue whose ready set is not a sorted set, and why
 local function pop(usable)
   if #usable == 1 then
-    local top = redis.call('ZPOPMIN', ARGV[usable[1]] .. ':ready')
+    local top = redis.pcall('ZPOPMIN', ARGV[usable[1]] .. ':ready')
+    if top.err then return usable[1], nil, nil, misfit(ARGV[usable[1]] .. ':ready', 'zset') or top.err end
     if top[1] then return usable[1], top[1], tonumber(top[2]) end
     return nil
   end
   local best, member, score
   for _, i in ipairs(usable) do
-    local top = redis.call('ZRANGE', ARGV[i] .. ':ready', 0, 0, 'WITHSCORES')
+    local top = redis.pcall('ZRANGE', ARGV[i] .. ':ready', 0, 0, 'WITHSCORES')
+    if top.err then return i, nil, nil, misfit(ARGV[i] .. ':ready', 'zset') or top.err end
     if top[1] and (best == nil or tonumber(top[2]) < score) then
       best, member, score = i, top[1], tonumber(top[2])
     end
   end
   if best then redis.call('ZREM', ARGV[best] .. ':ready', member) end
   return best, member, score
+end
+local function drop(usable, i)
+  for k, j in ipairs(usable) do
+    if j == i then table.remove(usable, k) end
+  end
 end
 local function next_due(usable, now)
   local due = -1
@@ -315,13 +351,15 @@ for i, q in ipairs(ARGV) do
   if why then table.insert(broken, why) else table.insert(usable, i) end
 end
 while #usable > 0 do
-  local i, member, score = pop(usable)
+  local i, member, score, why = pop(usable)
   if i == nil then break end
-  local reply, why = lease(i, member, score, now)
+  local reply
+  if not why then reply, why = lease(i, member, score, now) end
   if reply then return reply end
-  if why then
-    redis.call('ZADD', ARGV[i] .. ':ready', score, member)  -- put back as it was: nothing changed
-    return redis.error_reply(why)
+  if why then  -- a key of ARGV[i] lilqueue cannot use: leave that queue as it was for this take
+    if member then redis.call('ZADD', ARGV[i] .. ':ready', score, member) end
+    drop(usable, i)
+    table.insert(broken, why)
   end
 end
 if #usable == 0 then return redis.error_reply(table.concat(broken, '; ')) end
@@ -431,7 +469,7 @@ return out
 
 _PEEK = """
 local q, state = ARGV[1], ARGV[2]
-local why = promote(q, now_ms()) or misfit(q .. ':' .. state, 'zset')
+local why = misfit(q .. ':ready', 'zset') or promote(q, now_ms()) or misfit(q .. ':' .. state, 'zset')
 if why then return redis.error_reply(why) end
 local first = redis.call('ZRANGE', q .. ':' .. state, 0, 0)[1]
 if not first then return 0 end
@@ -444,7 +482,7 @@ return {id, f[1] or '', whole(f[2], 0) or -1}
 
 _STATS = """
 local q = ARGV[1]
-local why = promote(q, now_ms())
+local why = misfits(q, {':ready', ':held'}) or promote(q, now_ms())
 if why then return redis.error_reply(why) end
 local out = {}
 for _, set in ipairs({':ready', ':delayed', ':reserved', ':held'}) do
