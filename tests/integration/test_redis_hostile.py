@@ -150,7 +150,7 @@ def test_a_nan_ttr_no_longer_makes_a_task_vanish(adapter: RedisAdapter, client: 
 
 
 def test_keys_of_another_type_in_a_queue_are_refused_before_anything_is_written(
-    adapter: RedisAdapter, client: redis.Redis
+    adapter: RedisAdapter, client: redis.Redis, caplog: pytest.LogCaptureFixture
 ) -> None:
     good, bad = fresh_name("good"), fresh_name("bad")
     adapter.put(bad, b"kept", priority=1, delay=0, ttr=60)
@@ -173,7 +173,10 @@ def test_keys_of_another_type_in_a_queue_are_refused_before_anything_is_written(
     job = adapter.reserve([bad, good], 0)  # a broken queue beside a good one: the good one is served
     assert job is not None and job.body == b"ok"
     adapter.delete(job)
-    assert adapter.reserve([bad, good], 0) is None  # and an idle reserve does not fail
+    assert adapter.reserve([bad, good], 0) is None  # and an idle reserve does not fail, but warns
+    assert adapter.reserve([bad, good], 0) is None
+    warnings = [r.getMessage() for r in caplog.records if "skipping queues" in r.getMessage()]
+    assert len(warnings) == 1 and f"{bad}:ready is a string" in warnings[0], warnings  # once a minute
     client.set(f"{good}:held", "junk")
     id = foreign_put(client, good, b"later", ttr="nan")
     with pytest.raises(BackendError, match=f"{good}:held is a string"):
