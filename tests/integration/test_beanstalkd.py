@@ -144,8 +144,7 @@ def test_a_waiting_pool_worker_wakes_for_a_task_on_any_server(tmp_path: Path) ->
 
 
 def test_a_binlog_restart_keeps_ready_delayed_and_held_tasks_with_their_reasons(tmp_path: Path) -> None:
-    server = beanstalkd(tmp_path, "binlog", binlog=True).start()
-    try:
+    with beanstalkd(tmp_path, "binlog", binlog=True) as server:
         url = url_of(server)
         app = app_for(url)
         jobs: lilqueue.QueueHandler = app.queue("jobs", max_attempts=1)
@@ -178,8 +177,6 @@ def test_a_binlog_restart_keeps_ready_delayed_and_held_tasks_with_their_reasons(
         assert ran == [1]
         assert jobs.kick_id(held_id) and jobs.held() == []
         app.close()
-    finally:
-        server.stop()
 
 
 # -- other clients on the same tubes -------------------------------------------------------
@@ -408,7 +405,7 @@ def test_auto_touch_keeps_a_long_task_from_another_thread(server: Server, log: P
 
 def test_a_held_back_delete_reaches_the_server_on_flush_and_on_close(server: Server) -> None:
     app = app_for(url_of(server))
-    jobs = app.queue("jobs")
+    jobs: lilqueue.QueueHandler = app.queue("jobs")
     for _ in range(2):
         jobs.send("t", {})
     with greenstalk.Client(("127.0.0.1", server.port), encoding=None) as raw:

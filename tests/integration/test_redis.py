@@ -87,6 +87,33 @@ def stop(proc: subprocess.Popen[bytes]) -> tuple[int, str]:
 # -- durability ----------------------------------------------------------------------
 
 
+def one_task_in_each_state(a: RedisAdapter, q: str) -> tuple[str, str, str, str]:
+    """Ids of a ready, a delayed (3 s), a leased (ttr 2 s) and a held task in queue ``q``."""
+    ready = a.put(q, b"ready", priority=5, delay=0, ttr=60)
+    delayed = a.put(q, b"delayed", priority=5, delay=3, ttr=60)
+    leased = a.put(q, b"leased", priority=1, delay=0, ttr=2)
+    held = a.put(q, b"held", priority=2, delay=0, ttr=60)
+    assert reserve_until(a, [q]).id == leased
+    job = reserve_until(a, [q])
+    assert job.id == held
+    a.bury(job, reason="look at me")
+    return ready, delayed, leased, held
+
+
+def assert_taken_in_time(b: RedisAdapter, q: str, ids: tuple[str, str, str], started: float) -> None:
+    """The ready task at once, the leased one after its ttr (2 s), the delayed one after 3 s."""
+    ready, delayed, leased = ids
+    job = reserve_until(b, [q])
+    assert (job.id, job.deliveries) == (ready, 1)
+    b.delete(job)
+    back = reserve_until(b, [q])
+    assert (back.id, back.body, back.deliveries) == (leased, b"leased", 2)
+    assert time.monotonic() - started >= 1.5  # not before its ttr
+    later = reserve_until(b, [q])
+    assert (later.id, later.body) == (delayed, b"delayed")
+    assert time.monotonic() - started >= 2.5
+
+
 def test_a_restart_keeps_ready_delayed_reserved_and_held_tasks(
     server: Server, url: str, adapters: list[RedisAdapter], tmp_path: Path
 ) -> None:
@@ -98,14 +125,7 @@ def test_a_restart_keeps_ready_delayed_reserved_and_held_tasks(
         wait_for(lambda: len(runs(log)) == 1)
 
         a, q = connect(adapters, url), fresh_name("restart")
-        ready = a.put(q, b"ready", priority=5, delay=0, ttr=60)
-        delayed = a.put(q, b"delayed", priority=5, delay=3, ttr=60)
-        leased = a.put(q, b"leased", priority=1, delay=0, ttr=2)
-        held = a.put(q, b"held", priority=2, delay=0, ttr=60)
-        assert reserve_until(a, [q]).id == leased
-        job = reserve_until(a, [q])
-        assert job.id == held
-        a.bury(job, reason="look at me")
+        ready, delayed, leased, held = one_task_in_each_state(a, q)
         started = time.monotonic()
 
         server.restart()  # the idle connection of `a` was closed: it reconnects by itself
@@ -114,16 +134,7 @@ def test_a_restart_keeps_ready_delayed_reserved_and_held_tasks(
         assert (kept.id, kept.body, kept.reason) == (held, b"held", "look at me")
         assert kept.held_at is not None and abs(kept.held_at - time.time()) < 30
 
-        b = connect(adapters, url)
-        job = reserve_until(b, [q])
-        assert (job.id, job.deliveries) == (ready, 1)
-        b.delete(job)
-        back = reserve_until(b, [q])
-        assert (back.id, back.body, back.deliveries) == (leased, b"leased", 2)
-        assert time.monotonic() - started >= 1.5  # not before its ttr
-        later = reserve_until(b, [q])
-        assert (later.id, later.body) == (delayed, b"delayed")
-        assert time.monotonic() - started >= 2.5
+        assert_taken_in_time(connect(adapters, url), q, (ready, delayed, leased), started)
 
         app.queue("jobs").send("echo", {"i": 2})  # the worker process reconnected
         wait_for(lambda: len(runs(log)) == 2)
@@ -161,7 +172,7 @@ def test_kill_9_of_a_worker_mid_task_comes_back_after_its_ttr_with_attempt_2(url
 
 def test_garbage_written_straight_into_the_keys_is_held_with_a_reason(url: str, client: redis.Redis) -> None:
     app = lilqueue.App(settings=load_settings(backend=url, env={}))
-    queue = app.queue(fresh_name("garbage"))
+    queue: lilqueue.QueueHandler = app.queue(fresh_name("garbage"))
     ran: list[dict[str, object]] = []
     queue.worker("echo")(lambda t: ran.append(t.data))
     q = queue.backend_name
@@ -183,7 +194,9 @@ def test_garbage_written_straight_into_the_keys_is_held_with_a_reason(url: str, 
         assert "no task record" in (held["902"].reason or "")
         (new,) = set(held) - {"900", "902", "903"}  # "hello" is held under a fresh id
         assert "'hello'" in (held[new].reason or "") and "not a task id" in (held[new].reason or "")
-        assert all(f"{word} '{text}'" in (held["903"].reason or "") for word, text in [("pri", "soon"), ("ttr", "later")])
+        assert all(
+            f"{word} '{text}'" in (held["903"].reason or "") for word, text in [("pri", "soon"), ("ttr", "later")]
+        )
         assert queue.kick_id("903")
         app.watch([queue.name], burst=True, install_signal_handlers=False)
         assert ran == [{"i": 903}]
@@ -287,14 +300,14 @@ def test_an_idle_reserve_blocks_instead_of_polling(url: str, client: redis.Redis
 
 def test_keys_are_named_from_the_prefixed_queue_and_nothing_else_is_written(url: str, client: redis.Redis) -> None:
     app = lilqueue.App(settings=load_settings(backend=url, prefix="shop1.", env={}))
-    queue = app.queue(fresh_name("keys"))
+    queue: lilqueue.QueueHandler = app.queue(fresh_name("keys"))
     queue.worker("h")(lambda t: t.hold("kept"))
     queue.send("h", {})
     queue.send("h", {}, delay=30)
     app.watch([queue.name], burst=True, install_signal_handlers=False)
     queue.kick(1)
     stem = f"shop1.{queue.name}:"
-    keys = {k.decode() for k in client.keys("*")}
+    keys = {k.decode() if isinstance(k, bytes) else k for k in client.keys("*")}
     assert keys and all(k.startswith(stem) for k in keys), keys
     assert {k[len(stem) :].split(":")[0] for k in keys} <= SUFFIXES | {"job"}
     app.close()
@@ -313,7 +326,7 @@ def test_options_and_urls() -> None:
 
 def test_another_client_can_add_a_task_with_the_documented_recipe(url: str, client: redis.Redis) -> None:
     app = lilqueue.App(settings=load_settings(backend=url, env={}))
-    queue = app.queue(fresh_name("php"))
+    queue: lilqueue.QueueHandler = app.queue(fresh_name("php"))
     seen: list[lilqueue.Task] = []
     queue.worker("send")(seen.append)
     q = queue.backend_name
@@ -378,7 +391,7 @@ def test_flush_settles_the_pipelined_acks_at_once(tmp_path: Path) -> None:
     argv = [binary("redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(tmp_path)]
     with Server(argv, port):
         app = lilqueue.App(settings=load_settings(backend=f"redis://127.0.0.1:{port}/0", env={}))
-        q = app.queue(fresh_name())
+        q: lilqueue.QueueHandler = app.queue(fresh_name())
         q.send("w", {})
         job = app.adapter.reserve([q.backend_name], 1)
         assert job is not None
