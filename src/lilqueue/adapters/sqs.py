@@ -472,7 +472,7 @@ class SQSAdapter(Adapter):
         receipt = _receipt(job)
         meta = dataclasses.replace(receipt.meta, due=None, deliveries=job.deliveries, unfinished=0)
         url = self._url(job.queue + HELD_SUFFIX)
-        text = reason or "held"
+        text = _safe_text(reason or "held")
         held = {A_REASON: _clip(text, MAX_REASON), A_HELD_AT: f"{time.time():.6f}"}
         try:
             self._send(url, receipt.text, _attribute_values({**meta.attributes(), **held}))
@@ -811,11 +811,16 @@ def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _attribute_value(text: str) -> MessageAttributeValueTypeDef:
-    """A String attribute SQS accepts: lone surrogates escaped (``\\udc80``), other
-    characters SQS refuses (NUL, most control characters) replaced with U+FFFD."""
+def _safe_text(text: str) -> str:
+    """Text SQS accepts: lone surrogates escaped (``\\udc80``), other characters SQS
+    refuses (NUL, most control characters) replaced with U+FFFD."""
     safe = text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return {"DataType": "String", "StringValue": _NOT_TEXT.sub("\ufffd", safe) or "-"}
+    return _NOT_TEXT.sub("\ufffd", safe)
+
+
+def _attribute_value(text: str) -> MessageAttributeValueTypeDef:
+    """A String attribute SQS accepts (SQS refuses an empty one)."""
+    return {"DataType": "String", "StringValue": _safe_text(text) or "-"}
 
 
 def _attribute_values(attrs: Mapping[str, str]) -> dict[str, MessageAttributeValueTypeDef]:
