@@ -12,9 +12,8 @@ from pathlib import Path
 import boto3
 import pytest
 
-from lilqueue.adapters import create_adapter
+from lilqueue.adapters import create_adapter, sqs_poller
 from lilqueue.adapters import sqs as sqs_module
-from lilqueue.adapters import sqs_poller
 from lilqueue.adapters.sqs import BANDS, SQSAdapter, band_of
 from lilqueue.config import load_settings
 from lilqueue.errors import BackendConnectionError, BackendTimeoutError, ConfigError

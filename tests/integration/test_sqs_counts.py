@@ -120,7 +120,7 @@ def test_a_burst_drain_costs_requests_per_task_not_per_queue(adapters: Any) -> N
         calls += 1
         return receive(**kwargs)
 
-    worker.receiver.receive_message = counted  # type: ignore[method-assign]
+    worker.receiver.receive_message = counted
     drained = []
     while (job := worker.reserve(names, 0)) is not None:
         drained.append(job.queue)

@@ -182,12 +182,13 @@ def test_hostile_messages_in_the_held_queue_are_listed_and_kicked(endpoint: str,
     queue = fresh_name()
     backend = f"sqs://us-east-1?endpoint_url={endpoint}&wait=1"
     held_url = client.create_queue(QueueName=queue + "__held")["QueueUrl"]
-    for attributes in [
+    odd: list[Attributes] = [
         {"lilqueue-held-at": text("inf"), "lilqueue-encoding": text("base64")},
         {"lilqueue-held-at": text("nan"), "lilqueue-priority": text("nan")},
         {"lilqueue-reason": {"DataType": "Binary", "BinaryValue": b"\xff"}, "lilqueue-held-at": text("-1e400")},
         {},
-    ]:
+    ]
+    for attributes in odd:
         client.send_message(QueueUrl=held_url, MessageBody=CANARY, MessageAttributes=attributes)
     for args in (["held", queue], ["held", queue, "--json"]):
         listing = run_cli(backend, *args, app="tests.apps.sqs_app:app")
