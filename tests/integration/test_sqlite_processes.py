@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import collections
 import json
+import select
 import signal
 import sqlite3
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +16,7 @@ import pytest
 
 import lilqueue
 from lilqueue.config import load_settings
+from lilqueue.testing import reserve_until
 
 from .workers import lines, run_cli, spawn, stop, wait_until
 
@@ -180,3 +183,67 @@ def test_json_logs_carry_the_task_fields(app: lilqueue.App, url: str, log: Path,
     assert failures, out
     assert {"queue", "task_id", "task_name", "attempt", "outcome", "level", "time"} <= set(failures[0])
     assert failures[0]["queue"] == "jobs" and failures[0]["attempt"] == 1
+
+
+def read_until(proc: subprocess.Popen[str], text: str, timeout: float = 20.0) -> str:
+    """The worker's output up to and including the first line containing ``text``."""
+    assert proc.stdout is not None
+    seen = ""
+    deadline = time.monotonic() + timeout
+    while text not in seen:
+        assert time.monotonic() < deadline, f"no {text!r} in:\n{seen}"
+        if select.select([proc.stdout], [], [], 0.1)[0]:
+            line = proc.stdout.readline()
+            assert line, f"the worker exited before {text!r}:\n{seen}"
+            seen += line
+    return seen
+
+
+def test_a_task_reserved_as_the_worker_stops_is_handed_back_uncounted(
+    app: lilqueue.App, url: str, log: Path, tmp_path: Path, procs: list[object]
+) -> None:
+    """Issue 11 item 12: a task a stopping worker reserved but never started runs later
+    with attempts 1, not 2. The task falls due (a 0.3 s delay) while the worker, told to
+    stop, finishes its current reservation: it takes the task, then hands it back (and the
+    next worker, or the last one, runs it)."""
+    q = app.get_queue("jobs")
+    exercised = 0
+    for i in range(3):  # each try almost always exercises it: its reservation has ~1 s left
+        worker = spawn(url, log)
+        procs.append(worker)
+        read_until(worker, "worker started")
+        q.send("echo", {"i": i}, delay=0.3)
+        worker.send_signal(signal.SIGTERM)
+        code, out = stop(worker, sig=0)
+        assert code == 0, out
+        db = sqlite3.connect(tmp_path / "queue.db")
+        sql = "SELECT state, deliveries, due FROM lilqueue_jobs WHERE id = ?"
+        state, deliveries, due = db.execute(sql, (i + 1,)).fetchone()
+        db.close()
+        assert (state, deliveries) == (0, 0)
+        exercised += due < 0  # taken (the take made it ready at once) and handed back
+    assert exercised >= 1
+    time.sleep(0.3)  # the last task is due (if its worker stopped before it was)
+    drain = spawn(url, log, "--burst")
+    procs.append(drain)
+    code, out = stop(drain, sig=0)
+    assert code == 0, out
+    assert sorted((r[1], r[2]) for r in lines(log)) == [("0", "1"), ("1", "1"), ("2", "1")]  # (i, attempts): once each
+
+
+def test_a_worker_killed_mid_task_leaves_an_unfinished_run(
+    app: lilqueue.App, url: str, log: Path, tmp_path: Path, procs: list[object]
+) -> None:
+    """Issue 11 item 7: the next delivery knows one run never reached an outcome."""
+    app.get_queue("jobs").send("sleep", {"i": 1, "seconds": 30}, ttr=1)
+    worker = spawn(url, log)
+    procs.append(worker)
+    wait_until(lambda: lines(log), what="the task to start")
+    worker.kill()
+    worker.wait()
+    job = reserve_until(app.adapter, ["jobs"], timeout=5)
+    assert (job.deliveries, job.unfinished) == (2, 1)
+    app.adapter.release(job, priority=job.priority, delay=0)  # an outcome: the runs are settled
+    again = reserve_until(app.adapter, ["jobs"], timeout=5)
+    assert (again.deliveries, again.unfinished) == (3, 0)
+    app.adapter.delete(again)

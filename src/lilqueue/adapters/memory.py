@@ -222,7 +222,8 @@ class MemoryAdapter(Adapter):
     def bury(self, job: Job, *, reason: str) -> None:
         with self.broker.cond:
             if (msg := self._mine(job)) is not None:
-                msg.state, msg.reason, msg.held_at = "held", str(reason), time.time()
+                msg.state, msg.held_at = "held", time.time()
+                msg.reason = _storable(reason)
                 msg.settled = msg.deliveries
                 self.broker.index(msg, time.monotonic())
 
@@ -306,3 +307,8 @@ def _state_name(m: _Message, now: float) -> str:
 def _int(id: str) -> int:
     """The message id ``id`` names, or -1 (none) for anything that is not one."""
     return int(id) if isinstance(id, str) and id.isascii() and id.isdigit() else -1
+
+
+def _storable(text: str) -> str:
+    """``text`` as the durable backends store it: a lone surrogate becomes its escape."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")

@@ -168,7 +168,8 @@ class SQLiteAdapter(Adapter):
         self._leased = f"id=? AND state={RESERVED} AND deliveries=?"  # still this worker's lease
         self._unhold = f"state={WAITING}, due={READY_AT_ONCE}, reason=NULL, held_at=NULL, settled=deliveries"
         self._delete_sql = f"DELETE FROM {t} WHERE {self._leased}"
-        self._timed_sql = f"SELECT MIN(due) FROM {t} WHERE state < {HELD} AND due >= 0"  # _timed's head
+        timed = f"FROM {t} WHERE state < {HELD} AND due >= 0"
+        self._timed_sql = f"SELECT (SELECT MIN(due) {timed}), (SELECT MAX(due) {timed})"  # _timed's two ends
         self._promote_sql = f"UPDATE {t} SET due={READY_AT_ONCE} WHERE state < {HELD} AND due >= 0 AND due <= ?"
         self._take_one = _take_statement(t, "?2")
 
@@ -278,10 +279,21 @@ class SQLiteAdapter(Adapter):
         return rows[0] if rows else None
 
     def _next_timed(self) -> float | None:
-        """The epoch time the first delayed row falls due, if any."""
+        """The epoch time the first delayed row falls due, if any. Rows whose due is text
+        or a blob (another client's) sort after every number: they are held first."""
         with self._translated:
-            due = self.db.execute(self._timed_sql).fetchone()[0]
-        return float(due) if isinstance(due, int | float) else None  # text from a stranger: never due
+            first, last = self.db.execute(self._timed_sql).fetchone()
+        if last is not None and not isinstance(last, int | float):
+            self._hold_odd_dues()
+        return float(first) if isinstance(first, int | float) else None
+
+    def _hold_odd_dues(self) -> None:
+        reason = "'rejected: the SQLite row''s due must be a number (epoch seconds), not ' || quote(due)"
+        sql = (
+            f"UPDATE {self.table} SET state={HELD}, reason={reason}, held_at=?, settled=deliveries "
+            f"WHERE state < {HELD} AND due >= 0 AND due >= ''"
+        )
+        log.warning("held %d rows whose due is not a number", self._changed(sql, (time.time(),)))
 
     def _fell_due(self, now: float) -> bool:
         """Whether a delayed row is due by ``now`` (and when to look again)."""
@@ -371,11 +383,13 @@ class SQLiteAdapter(Adapter):
 
     def kick_id(self, queue: str, id: str) -> bool:
         sql = f"UPDATE {self.table} SET {self._unhold} WHERE id=? AND queue=? AND state={HELD}"
-        return self._changed(sql, (_row_id(id), queue)) == 1
+        row = _row_id(id)
+        return row is not None and self._changed(sql, (row, queue)) == 1
 
     def delete_id(self, queue: str, id: str) -> bool:
         sql = f"DELETE FROM {self.table} WHERE id=? AND queue=? AND (state != {RESERVED} OR -due <= ?)"
-        return self._changed(sql, (_row_id(id), queue, time.time())) == 1
+        row = _row_id(id)
+        return row is not None and self._changed(sql, (row, queue, time.time())) == 1
 
     def held(self, queue: str, limit: int = 100) -> list[HeldJob]:
         sql = (
@@ -664,9 +678,11 @@ def _clamp(count: int) -> int:
     return max(0, min(int(count), MAX_INT))
 
 
-def _row_id(id: str) -> int:
-    """The row id ``id`` names, or -1 (no row) for anything that is not one."""
-    if not (isinstance(id, str) and id.isascii() and id.isdigit() and len(id) <= 19):
-        return -1
+def _row_id(id: str) -> int | None:
+    """The row id ``id`` names (another client may have written a negative one), or None
+    for anything that cannot be one (not a plain integer, or beyond SQLite's 64 bits)."""
+    digits = id[1:] if isinstance(id, str) and id.startswith("-") else id
+    if not (isinstance(digits, str) and digits.isascii() and digits.isdigit() and len(digits) <= 19):
+        return None
     number = int(id)
-    return number if number < 2**63 else -1
+    return number if -(2**63) <= number < 2**63 else None
