@@ -16,7 +16,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from lilqueue import wire
-from lilqueue.adapters.base import Job
+from lilqueue.adapters.base import Adapter, Job
 from lilqueue.config import RetryPolicy
 from lilqueue.errors import BackendConnectionError, BackendError, LilqueueError, TaskError, WireError
 from lilqueue.task import Outcome, Task
@@ -94,6 +94,8 @@ class Runner:
         self.lapsed_note = lapsed_note
         self.heartbeat_deadline = 0.0
         self.event_loop: asyncio.AbstractEventLoop | None = None  # for async def workers
+        #: the worker thread's connection and its lock, for touches from the auto-touch thread
+        self.touch_via: tuple[Adapter, threading.RLock] | None = None
         self.current: tuple[Job, Task] | None = None  # what is running, for task.touch()
         self.processed = 0
         self.acked = False  # a delete went to the adapter since its last flush
@@ -290,7 +292,8 @@ class Runner:
     def _call_wrapped(self, func: Callable[[Task], object], task: Task, ttr: int) -> None:
         """Call the worker inside auto-touch, the context appliers and the before-task hooks."""
         with ExitStack() as stack:
-            if self.auto_touch:
+            if self.auto_touch:  # a lease belongs to the connection that took it: touch through it
+                self.touch_via = (self.app.adapter, self.app.adapter_lock)
                 stack.enter_context(AutoTouch(task, ttr))
             for apply in self.app.context_appliers:
                 stack.enter_context(apply(task.context))
@@ -326,8 +329,9 @@ class Runner:
         if self.current is None or self.current[1] is not task:
             raise TaskError("touch() is for a task a worker is running, not one that has finished")
         job = self.current[0]
-        with self.app.adapter_lock:
-            self.app.adapter.touch(job)
+        adapter, lock = self.touch_via or (self.app.adapter, self.app.adapter_lock)
+        with lock:
+            adapter.touch(job)
         if self.heartbeat is not None:
             self._beat(time.monotonic() + job.ttr - WATCHDOG_MARGIN)
 
