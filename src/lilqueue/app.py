@@ -15,7 +15,7 @@ from lilqueue.adapters import adapter_class, create_adapter
 from lilqueue.adapters.base import Adapter, Capabilities
 from lilqueue.config import Settings, import_path, load_settings, retry_policy
 from lilqueue.connections import Connections
-from lilqueue.errors import ConfigError, TaskError
+from lilqueue.errors import BackendError, ConfigError, TaskError
 from lilqueue.handler import QueueHandler, Worker
 from lilqueue.task import Task, check_delay, check_priority, check_ttr
 
@@ -115,6 +115,14 @@ class App:
         if adapter is not None:
             self._connections.discard(adapter)  # closed, never reused: it is broken
         self._local.slot = None
+
+    def check_backend(self) -> None:
+        """Build (and close) one adapter, so a bad backend URL or option raises
+        :class:`ConfigError` now; a backend that is merely unreachable is not an error here."""
+        try:
+            create_adapter(self.settings).close()
+        except BackendError:
+            pass
 
     @property
     def capabilities(self) -> Capabilities:

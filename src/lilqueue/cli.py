@@ -16,7 +16,7 @@ import click
 from lilqueue.adapters.base import QueueStats
 from lilqueue.app import App
 from lilqueue.config import import_path
-from lilqueue.errors import ConfigError, LilqueueError
+from lilqueue.errors import ConfigError, LilqueueError, TaskError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}
 LOG_FORMATS = ("text", "json")
@@ -75,12 +75,21 @@ def _call_factory(path: str, factory: Callable[[], object]) -> object:
         ) from exc
 
 
+class UsageProblem(click.ClickException):
+    """A configuration or usage error (a bad key, URL, queue name or task): exit 2."""
+
+    exit_code = 2
+
+
 def fail_cleanly(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn lilqueue errors into a one-line message and exit code 2."""
+    """Turn lilqueue errors into a one-line message: exit 2 for a configuration or usage
+    error (ConfigError, TaskError), 1 for anything else (e.g. an unreachable backend)."""
 
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
+        except (ConfigError, TaskError) as exc:
+            raise UsageProblem(f"{type(exc).__name__}: {exc}") from exc
         except LilqueueError as exc:
             raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
 
@@ -245,6 +254,7 @@ def watch(obj: Context, queues: str, log_level: str = "info", log_format: str = 
     or --max-memory, and restarts crashed ones.
     """  # fmt: skip
     _configure_logging(log_level, log_format)
+    obj.app.check_backend()  # a bad URL or option stops here, with exit 2, not in every worker
     from lilqueue.supervisor import Supervisor
 
     sys.exit(Supervisor(obj.app, queues, **options).run())

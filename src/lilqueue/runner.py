@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from lilqueue import wire
 from lilqueue.adapters.base import Adapter, Job
 from lilqueue.config import RetryPolicy
-from lilqueue.errors import BackendConnectionError, BackendError, LilqueueError, TaskError, WireError
+from lilqueue.errors import BackendConnectionError, BackendError, ConfigError, LilqueueError, TaskError, WireError
 from lilqueue.task import Outcome, Task
 
 if TYPE_CHECKING:
@@ -135,6 +135,8 @@ class Runner:
             except BackendError as exc:  # lost, or refusing (e.g. a key of the wrong type): back off
                 lost_since = self._backend_lost(exc, lost_since)
                 continue
+            except ConfigError:  # bad settings do not get better by waiting
+                raise
             except Exception as exc:  # an adapter's bug must not crash-loop the worker: back off too
                 log.exception("reserving from %s failed unexpectedly", self.names)
                 lost_since = self._backend_lost(exc, lost_since)

@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterable
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from lilqueue.errors import BackendConnectionError
+from lilqueue.errors import BackendConnectionError, ConfigError
 
 if TYPE_CHECKING:
     from lilqueue.app import App
@@ -326,7 +326,7 @@ class Supervisor:
             _run_together(runners)
         except SystemExit as exc:
             return exc.code if isinstance(exc.code, int) else 1
-        except BackendConnectionError as exc:
+        except (BackendConnectionError, ConfigError) as exc:
             log.error("worker process %d: %s", os.getpid(), exc)
             return EXIT_GAVE_UP
         except BaseException:

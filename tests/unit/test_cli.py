@@ -89,7 +89,7 @@ def test_capabilities(env: dict[str, str | None]) -> None:
 
 def test_bad_backend_is_a_clean_error(env: dict[str, str | None]) -> None:
     result = cli(env, "--backend", "kafka://x", "stats")
-    assert result.exit_code == 1 and "unknown backend 'kafka'" in result.output
+    assert result.exit_code == 2 and "unknown backend 'kafka'" in result.output
 
 
 def test_bad_send_spec(env: dict[str, str | None]) -> None:
