@@ -53,7 +53,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, ClassVar
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import SplitResult, parse_qsl, urlsplit
 
 import boto3
 from botocore.config import Config
@@ -247,18 +247,27 @@ class SQSAdapter(Adapter):
         self.wait = wait
         self.attributes = dict(attributes or {})
         self.client: SQSClient = _client(region, endpoint_url, _config(connect_timeout, io_timeout, QUICK_THREADS))
-        polling = _config(connect_timeout, io_timeout + wait, QUICK_THREADS + LONG_THREADS)
-        self.receiver: SQSClient = _client(region, endpoint_url, polling)
+        self._receiver: SQSClient | None = None
+        self._where = (region, endpoint_url)
+        self._polling = _config(connect_timeout, io_timeout + wait, QUICK_THREADS + LONG_THREADS)
         self._urls: dict[str, str] = {}
         self._slots: dict[str, Slot] = {}
         self._watch_lists: dict[tuple[str, ...], list[Slot]] = {}
         self._poller = Poller(self._poll_receive, self._hand_back, wait=wait, io_timeout=io_timeout)
 
+    @property
+    def receiver(self) -> SQSClient:
+        """The client of the poll threads (made on first use: a producer never needs it),
+        whose read timeout is ``io_timeout`` plus the long poll's ``wait``."""
+        if self._receiver is None:
+            self._receiver = _client(*self._where, self._polling)
+        return self._receiver
+
     @classmethod
     def from_config(cls, url: str | None, options: Mapping[str, Any]) -> SQSAdapter:
         opts = dict(options)
         if url is not None:
-            parts = urlsplit(url)
+            parts = _url_parts(url)
             if parts.path not in ("", "/"):
                 raise ConfigError(f"queue.backend: SQS URLs look like sqs://REGION?endpoint_url=..., not {url!r}")
             if parts.netloc:
@@ -322,6 +331,7 @@ class SQSAdapter(Adapter):
     def reserve(self, queues: Sequence[str], timeout: float) -> Job | None:
         deadline = time.monotonic() + max(timeout, 0.0)
         slots = self._watch(queues)
+        self._receiver = self.receiver  # made here, before any poll thread needs it
         while True:
             left = 0.0 if timeout <= 0 else max(deadline - time.monotonic(), 0.001)
             taken = self._poller.take(slots, left)
@@ -416,8 +426,8 @@ class SQSAdapter(Adapter):
             meta = dataclasses.replace(meta, encoding=None)
             body = text.encode("utf-8", "surrogatepass")
         receipt = _Receipt(slot.url, message.get("ReceiptHandle", ""), meta, text)
-        job = Job(meta.id, slot.queue, body, meta.priority, meta.ttr, meta.deliveries + count, receipt)
-        job = dataclasses.replace(job, unfinished=meta.unfinished + count - 1)
+        deliveries = meta.deliveries + count
+        job = Job(meta.id, slot.queue, body, meta.priority, meta.ttr, deliveries, receipt, meta.unfinished + count - 1)
         if problems:
             self._hold_unread(job, problems)
             return None
@@ -754,6 +764,13 @@ def _option(key: str, value: Any) -> Any:
             raise ConfigError(f"{where}: must be a table of SQS queue attributes, not {value!r}")
         return {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in value.items()}
     raise ConfigError(f"{where}: unknown option (expected one of {', '.join(OPTIONS)})")
+
+
+def _url_parts(url: str) -> SplitResult:
+    try:
+        return urlsplit(url)
+    except ValueError as exc:
+        raise ConfigError(f"queue.backend: not a URL ({exc}): {url!r}") from None
 
 
 def _endpoint(where: str, value: Any) -> str:
