@@ -14,7 +14,7 @@ import pytest
 from lilqueue.adapters.base import Adapter
 from lilqueue.adapters.memory import MemoryAdapter, broker
 from lilqueue.adapters.sqlite import SQLiteAdapter
-from lilqueue.errors import BackendConnectionError, BackendError, ConfigError
+from lilqueue.errors import BackendConnectionError, BackendError, BackendTimeoutError, ConfigError
 
 #: the table and indexes as lilqueue 0.x made them (before issue 11)
 OLD_SCHEMA = """
@@ -94,9 +94,16 @@ def test_a_file_of_an_earlier_version_is_upgraded_once_and_keeps_working(tmp_pat
         ("sqlite:///q.db?table=1jobs", ConfigError, "queue.sqlite.table"),
         ("sqlite:///q.db?table=j%C3%B6bs", ConfigError, "queue.sqlite.table"),
         ("sqlite:///q.db?timeout=3", ConfigError, "queue.sqlite.timeout"),
+        ("sqlite:///q.db?io_timeout=nan", ConfigError, "queue.sqlite.io_timeout"),
+        ("sqlite:///q.db?io_timeout=", ConfigError, "queue.sqlite.io_timeout"),
+        ("sqlite:///q.db?connect_timeout=0", ConfigError, "queue.sqlite.connect_timeout"),
+        ("sqlite:///q.db?connect_timeout=-inf", ConfigError, "queue.sqlite.connect_timeout"),
     ],
 )
-def test_bad_paths_and_options_are_lilqueue_errors_naming_the_key(url: str, error: type[Exception], says: str) -> None:
+def test_bad_paths_and_options_are_lilqueue_errors_naming_the_key(
+    url: str, error: type[Exception], says: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # where a relative path would land if it were accepted
     with pytest.raises(error, match=says.replace(".", r"\.")):
         SQLiteAdapter.from_config(url, {})
 
@@ -179,3 +186,32 @@ def test_text_another_client_stored_is_read_leniently(tmp_path: Path) -> None:
     peeked = adapter.peek("q", "held")
     assert peeked is not None and peeked.body == b"\xc3(\xff"
     adapter.close()
+
+
+def test_a_producer_on_a_locked_file_gives_up_after_io_timeout(tmp_path: Path) -> None:
+    path = tmp_path / "q.db"
+    producer = SQLiteAdapter(str(path))  # the defaults: io_timeout 5 s
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another process holds the write lock (a bulk import, say)
+    started = time.monotonic()
+    with pytest.raises(BackendTimeoutError, match="write lock for more than 5s"):
+        producer.put("q", b"{}", priority=1, delay=0, ttr=60)
+    assert 4.5 < time.monotonic() - started < 7
+    other.execute("ROLLBACK")
+    producer.put("q", b"{}", priority=1, delay=0, ttr=60)  # and works once the lock is gone
+    producer.close()
+    other.close()
+
+
+def test_opening_a_file_that_must_be_upgraded_waits_connect_timeout_for_the_lock(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    old_file(path)
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    started = time.monotonic()
+    with pytest.raises(BackendTimeoutError, match="cannot open SQLite queue"):
+        SQLiteAdapter.from_config(f"sqlite:///{path}?connect_timeout=0.3&io_timeout=60", {})
+    assert time.monotonic() - started < 2
+    other.execute("ROLLBACK")
+    other.close()
+    SQLiteAdapter(str(path)).close()

@@ -81,13 +81,15 @@ from lilqueue.adapters.base import (
     emulated,
     native,
 )
-from lilqueue.errors import BackendConnectionError, BackendError, ConfigError, LilqueueError
+from lilqueue.errors import BackendConnectionError, BackendError, BackendTimeoutError, ConfigError, LilqueueError
 from lilqueue.task import MAX_PRIORITY, MAX_SECONDS
 
 log = logging.getLogger(__name__)
 
 WAITING, RESERVED, HELD = 0, 1, 2
 SYNCHRONOUS = ("off", "normal", "full", "extra")
+#: the options that are a number of seconds (``busy_timeout``: the old name of ``io_timeout``)
+SECONDS = ("connect_timeout", "io_timeout", "poll_interval", "busy_timeout")
 #: ``due`` of a waiting row ready at once: below 0, so in the ``_ready`` index; and a REAL
 #: with a fraction, which SQLite stores in 8 bytes like the lease time a reservation writes
 #: over it: the row keeps its size, so SQLite overwrites it in place instead of rewriting
@@ -98,6 +100,8 @@ LEASE_LOOK = 0.5
 #: how often a busy reserve looks for delayed rows that fell due (seconds); an idle one
 #: sleeps until the first is due, and one finding nothing ready always looks
 TIMED_LOOK = 0.05
+#: SQLite's result code for a lock it waited for in vain ("database is locked")
+SQLITE_BUSY = 5
 #: the largest count, id or limit bound as a parameter (SQLite integers are 64-bit)
 MAX_INT = 2**62
 #: a delivery count above this is not a count (the row was written by hand)
@@ -151,8 +155,13 @@ class SQLiteAdapter(Adapter):
         table: str = "lilqueue_jobs",
         synchronous: str = "normal",
         poll_interval: float = 0.002,
-        busy_timeout: float = 30.0,
+        connect_timeout: float = 3.0,
+        io_timeout: float = 5.0,
+        busy_timeout: float | None = None,
     ) -> None:
+        """``connect_timeout``: how long opening the file may wait for another process's
+        write lock (seconds); ``io_timeout`` (old name ``busy_timeout``): how long any
+        later statement may. SQLite waits for nothing else."""
         self.path = path
         self.table = table
         self.poll_interval = poll_interval
@@ -161,8 +170,9 @@ class SQLiteAdapter(Adapter):
         self._wal: WalWatch | None = None
         self._takes: dict[tuple[str, ...], tuple[str, str]] = {}
         self._next_look = 0.0  # when a busy reserve next looks for delayed rows that fell due
-        self.db = self._open(synchronous, busy_timeout)
-        self._translated = Translated(path)
+        self.io_timeout = io_timeout if busy_timeout is None else busy_timeout
+        self.db = self._open(synchronous, connect_timeout)
+        self._translated = Translated(f"SQLite {path!r}", self.io_timeout)
         self._transaction = Transaction(self.db)
         t = table
         self._leased = f"id=? AND state={RESERVED} AND deliveries=?"  # still this worker's lease
@@ -173,20 +183,21 @@ class SQLiteAdapter(Adapter):
         self._promote_sql = f"UPDATE {t} SET due={READY_AT_ONCE} WHERE state < {HELD} AND due >= 0 AND due <= ?"
         self._take_one = _take_statement(t, "?2")
 
-    def _open(self, synchronous: str, busy_timeout: float) -> sqlite3.Connection:
-        try:
+    def _open(self, synchronous: str, connect_timeout: float) -> sqlite3.Connection:
+        opening = Translated(f"cannot open SQLite queue {self.path!r}", connect_timeout)
+        with opening:
             db = sqlite3.connect(
-                os.fsencode(self.path), isolation_level=None, timeout=busy_timeout, check_same_thread=False
+                os.fsencode(self.path), isolation_level=None, timeout=connect_timeout, check_same_thread=False
             )
-        except (sqlite3.Error, ValueError) as exc:
-            raise BackendConnectionError(f"cannot open SQLite queue {self.path!r}: {exc}") from exc
         try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute(f"PRAGMA synchronous={synchronous}")
-            _prepare(db, self.table)
-        except sqlite3.Error as exc:
+            with opening:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute(f"PRAGMA synchronous={synchronous}")
+                _prepare(db, self.table)
+                db.execute(f"PRAGMA busy_timeout={max(1, round(self.io_timeout * 1000))}")
+        except BackendError:
             db.close()
-            raise BackendConnectionError(f"cannot open SQLite queue {self.path!r}: {exc}") from exc
+            raise
         return db
 
     @classmethod
@@ -201,7 +212,7 @@ class SQLiteAdapter(Adapter):
                 )
             rest, _, query = rest[1:].partition("?")
             path = unquote(rest)
-            opts.update(parse_qsl(query))
+            opts.update(parse_qsl(query, keep_blank_values=True))
         kwargs: dict[str, Any] = {}
         for key, value in opts.items():
             kwargs[key] = _option(key, value)
@@ -457,24 +468,28 @@ class SQLiteAdapter(Adapter):
 
 class Translated:
     """The adapter's one error translation, around every statement and every fetch:
-    sqlite3's errors (and text SQLite cannot take) become lilqueue's, chained."""
+    sqlite3's errors (and text SQLite cannot take) become lilqueue's, chained. ``where``
+    starts each message; ``waited`` is the lock wait a "database is locked" ran out of."""
 
-    __slots__ = ("path",)
+    __slots__ = ("waited", "where")
 
-    def __init__(self, path: str) -> None:
-        self.path = path
+    def __init__(self, where: str, waited: float) -> None:
+        self.where = where
+        self.waited = waited
 
     def __enter__(self) -> None:
         return None
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
-        where = f"SQLite {self.path!r}"
-        if isinstance(exc, sqlite3.OperationalError):  # locked, full disk, I/O error, file gone
-            raise BackendConnectionError(f"{where}: {exc}") from exc
+        if isinstance(exc, sqlite3.OperationalError):
+            if exc.sqlite_errorcode & 0xFF == SQLITE_BUSY:
+                wait = f"another process held the write lock for more than {self.waited:g}s"
+                raise BackendTimeoutError(f"{self.where}: {exc} ({wait})") from exc
+            raise BackendConnectionError(f"{self.where}: {exc}") from exc  # full disk, I/O error, file gone
         if isinstance(exc, sqlite3.Error):
-            raise BackendError(f"{where}: {exc}") from exc
+            raise BackendError(f"{self.where}: {exc}") from exc
         if isinstance(exc, UnicodeEncodeError):  # a name with a lone surrogate (from a non-UTF-8 argv, say)
-            raise BackendError(f"{where}: text that is not valid Unicode: {exc}") from exc
+            raise BackendError(f"{self.where}: text that is not valid Unicode: {exc}") from exc
 
 
 class Transaction:
@@ -636,7 +651,7 @@ def _option(key: str, value: Any) -> Any:
         if str(value).lower() not in SYNCHRONOUS:
             raise ConfigError(f"{where}: must be one of {', '.join(SYNCHRONOUS)}, not {value!r}")
         return str(value).lower()
-    if key in ("poll_interval", "busy_timeout"):
+    if key in SECONDS:
         try:
             number = float(value) if not isinstance(value, bool) else -1.0
         except (TypeError, ValueError):
@@ -644,7 +659,8 @@ def _option(key: str, value: Any) -> Any:
         if not (math.isfinite(number) and number > 0):
             raise ConfigError(f"{where}: must be a finite, positive number of seconds, not {value!r}")
         return number
-    raise ConfigError(f"{where}: unknown option (expected path, table, synchronous, poll_interval, busy_timeout)")
+    known = ", ".join(("path", "table", "synchronous", *SECONDS))
+    raise ConfigError(f"{where}: unknown option (expected {known})")
 
 
 def _due(delay: float) -> float:
