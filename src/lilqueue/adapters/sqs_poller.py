@@ -200,7 +200,7 @@ class Poller:
         messages: list[MessageTypeDef] = []
         error: LilqueueError | None = None
         try:
-            if kind != LONG or self._listening:  # a queued long poll nobody waits for any more: skip
+            if self._wanted(kind):
                 messages = self.receive(slot.url, self._wait_of(kind))
         except LilqueueError as exc:
             error = exc
@@ -208,6 +208,12 @@ class Poller:
             error = LilqueueError(f"SQS ReceiveMessage: {exc!r}")
         finally:
             self._settle(slot, kind, messages, error)
+
+    def _wanted(self, kind: str) -> bool:
+        """Whether a receive that waited its turn in a pool is still wanted (else it is skipped)."""
+        if self._returning or self._closed:
+            return False
+        return kind != LONG or self._listening  # a long poll nobody waits for any more: no
 
     def _wait_of(self, kind: str) -> int:
         if kind == QUICK:
