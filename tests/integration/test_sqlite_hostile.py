@@ -160,3 +160,18 @@ def test_operating_commands_survive_the_odd_rows(tmp_path: Path) -> None:
     for verb in ("kick", "delete"):
         done = run_cli(url, verb, QUEUE, "--id", str(2**70), app=app)
         assert "Traceback" not in done.stderr and done.returncode != 0, (verb, done.stderr)
+
+
+@pytest.mark.parametrize(
+    ("url", "says", "code"),
+    [
+        ("sqlite:////etc/passwd/q.db", "queue.sqlite.path", 2),  # a configuration error
+        ("sqlite:////proc/nope/q.db", "cannot create the directory", 1),  # a backend that cannot be reached
+        ("sqlite:///q.db?busy_timeout=nan", "queue.sqlite.busy_timeout", 2),
+    ],
+)
+def test_a_bad_sqlite_url_is_a_one_line_error_not_a_traceback(url: str, says: str, code: int) -> None:
+    for args in (("stats", "jobs"), ("send", "jobs:echo:x")):
+        done = run_cli(url, *args)
+        assert done.returncode == code and says in done.stderr, (args, done.stderr)
+        assert "Traceback" not in done.stderr, done.stderr
