@@ -104,6 +104,28 @@ def test_burst_over_two_queues_runs_both_and_strands_nothing(
     assert done(log) == {"0": ["1"], "1": ["1"]}
 
 
+def test_a_recycled_worker_gives_back_what_its_poll_threads_took(
+    endpoint: str,
+    backend: str,
+    producer: lilqueue.App,
+    many: Callable[[int], list[str]],
+    log: Path,
+    procs: list[subprocess.Popen[str]],
+) -> None:
+    names = many(2)
+    for i, name in enumerate(names):
+        producer.queue(name).send("echo", {"i": i})
+    worker = spawn(backend, log, "--max-tasks", "1", app=APP, queues=",".join(names))
+    procs.append(worker)  # each process runs one task, then a fresh one replaces it
+    wait_until(lambda: len(done(log)) == 2, 20, "both tasks, in two worker processes")
+    runs = [r for r in lines(log) if r[4] == "done"]
+    assert [r[2] for r in runs] == ["1", "1"] and runs[0][3] != runs[1][3]  # uncounted, in another process
+    assert (
+        float(runs[1][5]) - float(runs[0][5]) < 10
+    )  # given back at the recycle (after its long polls), not 60 s later
+    assert reserved(endpoint, names) == 0
+
+
 @pytest.mark.slow
 def test_sigterm_while_busy_on_many_queues_strands_nothing_and_counts_nothing(
     endpoint: str,
