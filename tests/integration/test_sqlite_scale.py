@@ -71,7 +71,7 @@ def test_a_worker_process_drains_ready_tasks_past_100k_delayed_ones(
     url = f"sqlite:///{tmp_path}/q.db"
     add_delayed(tmp_path / "q.db", "jobs", 100_000)
     app = lilqueue.App(settings=load_settings(backend=url, env={}))
-    queue = app.queue("jobs")
+    queue: lilqueue.QueueHandler = app.queue("jobs")
     for i in range(3000):
         queue.send("echo", {"i": i})
     app.close()
