@@ -10,9 +10,9 @@ behind another:
 - a *quick look* (``WaitTimeSeconds=0``, :data:`QUICK_THREADS` threads) answers within a
   round trip. ``take`` hands out the first slot (most urgent band first) holding a
   message, but waits for unanswered quick looks at more urgent slots, at most
-  :data:`PRIORITY_WAIT` seconds. While a message is held, only slots whose last
-  receive brought one are looked at again (a burst drain costs a request per task,
-  not one per watched queue);
+  :data:`PRIORITY_WAIT` seconds. A slot found empty is looked at again only once its
+  answer is :data:`FRESH` seconds old, and not while a message is held (a burst drain
+  costs a request per task, not one per watched queue);
 - a *long poll* (``WaitTimeSeconds=wait``, :data:`LONG_THREADS` threads) follows a quick
   look that found nothing while a ``take`` with a timeout is waiting, and goes on polling
   while takes keep waiting, across calls. With more slots than threads, long polls take
@@ -56,6 +56,8 @@ KEEP = 3.0
 PRIORITY_WAIT = 1.0
 #: WaitTimeSeconds of a confirming look
 CONFIRM_WAIT = 1
+#: seconds a slot found empty is not looked at again by a take (a confirming look still is)
+FRESH = 1.0
 QUICK, LONG, CONFIRM = "quick", "long", "confirm"
 
 Receive = Callable[[str, int], list["MessageTypeDef"]]
@@ -73,6 +75,7 @@ class Slot:
     quick: bool = False  # ... and it is a quick look
     message: MessageTypeDef | None = None  # received, not yet handed out
     fruitful: bool = True  # its last receive brought a message (or it has had none yet)
+    answered_at: float = 0.0  # when its last receive answered (monotonic seconds)
     received_at: float = 0.0
     error: LilqueueError | None = None
 
@@ -111,7 +114,7 @@ class Poller:
             self._listening = timeout > 0
             for slot in slots:
                 self._known.setdefault(id(slot), slot)
-            self._start(slots, QUICK, fruitful_only=any(s.message is not None for s in slots))
+            self._look(slots)
             found = self._wait_for(slots, deadline, timeout > 0)
             if found is None and timeout <= 0:
                 self._start(slots, CONFIRM)
@@ -169,14 +172,21 @@ class Poller:
 
     # -- receiving (pool threads) -------------------------------------------------------------
 
-    def _start(self, slots: list[Slot], kind: str, *, fruitful_only: bool = False) -> None:
-        """Start a receive of ``kind`` on every slot with none in flight and no message (lock held).
+    def _look(self, slots: list[Slot]) -> None:
+        """Start the receives a take needs on its idle slots (lock held): a quick look where
+        the last receive brought a message, or (while no message is held) where it is
+        older than FRESH; elsewhere, a long poll if the take waits, else nothing."""
+        held = any(s.message is not None for s in slots)
+        stale = time.monotonic() - FRESH
+        looks = [s for s in slots if s.fruitful or (not held and s.answered_at < stale)]
+        self._start(looks, QUICK)
+        if self._listening:
+            self._start(slots, LONG)
 
-        ``fruitful_only``: only on slots whose last receive brought a message (while a
-        message is held, a slot found empty is looked at again once none is).
-        """
+    def _start(self, slots: list[Slot], kind: str) -> None:
+        """Start a receive of ``kind`` on every slot with none in flight and no message (lock held)."""
         for slot in slots:
-            if not slot.polling and slot.message is None and not self._closed and (slot.fruitful or not fruitful_only):
+            if not slot.polling and slot.message is None and not self._closed:
                 slot.polling = True
                 slot.quick = kind == QUICK
                 self._submit(slot, kind)
@@ -228,6 +238,7 @@ class Poller:
             slot.error = error
             slot.quick = False
             slot.fruitful = bool(messages) or error is not None
+            slot.answered_at = time.monotonic()
             self._cond.notify_all()
             if messages and not (self._returning or self._closed):
                 slot.message = messages[0]
