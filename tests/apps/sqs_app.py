@@ -67,3 +67,10 @@ def hang(task: lilqueue.Task) -> None:
         record(task, "start")
         time.sleep(3600)
     record(task, "done")
+
+
+@lost.worker("stuck")
+def stuck(task: lilqueue.Task) -> None:
+    """Hangs on every run: the watchdog kills it each time, until it is held unrun."""
+    record(task, "start")
+    time.sleep(3600)

@@ -108,8 +108,24 @@ def test_a_killed_workers_task_comes_back_after_its_ttr(backend: str, producer: 
             stop(second)
 
 
-def _wait_for_held(queue: lilqueue.QueueHandler) -> list[HeldTask]:
-    deadline = time.monotonic() + 10
+def test_a_task_whose_runs_never_finish_is_held_unrun_after_max_attempts(
+    backend: str, producer: lilqueue.App, tmp_path: Path
+) -> None:
+    log = tmp_path / "runs.log"
+    lost = producer.queue("sqs-lost")
+    task_id = lost.send("stuck", {"i": 1}, ttr=1)
+    worker = spawn(backend, log, app=APP, queues="sqs-lost")
+    try:
+        (held,) = _wait_for_held(lost, 60)
+        assert held.id == task_id and held.reason is not None
+        assert "ran past its ttr on 3 attempts" in held.reason, held.reason
+        assert [r[2] for r in records(log, "start")] == ["1", "2", "3"]  # the watchdog killed each; no 4th run
+    finally:
+        stop(worker)
+
+
+def _wait_for_held(queue: lilqueue.QueueHandler, timeout: float = 10) -> list[HeldTask]:
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         held = queue.held()
         if held:
