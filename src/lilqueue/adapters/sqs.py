@@ -153,9 +153,15 @@ MAX_REASON = 8192
 LIMIT = 2**32
 TOMBSTONE = "lilqueue-deleted-"
 # message attributes (at most 10 per message on SQS)
-A_ID, A_PRIORITY, A_TTR, A_DUE = "lilqueue-id", "lilqueue-priority", "lilqueue-ttr", "lilqueue-due"
-A_DELIVERIES, A_UNFINISHED, A_ENCODING = "lilqueue-deliveries", "lilqueue-unfinished", "lilqueue-encoding"
-A_REASON, A_HELD_AT = "lilqueue-reason", "lilqueue-held-at"
+A_ID = "lilqueue-id"
+A_PRIORITY = "lilqueue-priority"
+A_TTR = "lilqueue-ttr"
+A_DUE = "lilqueue-due"
+A_DELIVERIES = "lilqueue-deliveries"
+A_UNFINISHED = "lilqueue-unfinished"
+A_ENCODING = "lilqueue-encoding"
+A_REASON = "lilqueue-reason"
+A_HELD_AT = "lilqueue-held-at"
 #: the attributes a copy of a message carries
 CARRIED = (A_ID, A_PRIORITY, A_TTR, A_DUE, A_DELIVERIES, A_UNFINISHED, A_ENCODING)
 _NOT_TEXT = re.compile("[^\x09\x0a\x0d\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
@@ -629,7 +635,8 @@ class SQSAdapter(Adapter):
                 ready += counts["ApproximateNumberOfMessages"]
                 delayed += counts["ApproximateNumberOfMessagesDelayed"]
                 reserved += counts["ApproximateNumberOfMessagesNotVisible"]
-        now, tags = time.time(), self._tags_or_none(queue)
+        now = time.time()
+        tags = self._tags_or_none(queue)
         deleted = sum(1 for k, v in tags.items() if k.startswith(TOMBSTONE) and (_float(v) or 0) > now)
         return QueueStats(ready, max(delayed - deleted, 0), reserved, held, approximate=True)
 

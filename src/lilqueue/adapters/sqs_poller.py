@@ -196,7 +196,8 @@ class Poller:
         try:
             pool.submit(self._receive_into, slot, kind)
         except RuntimeError:  # shut down by close() in another thread
-            slot.polling = slot.quick = False
+            slot.polling = False
+            slot.quick = False
 
     def _pool(self, kind: str) -> ThreadPoolExecutor:
         pool = self._pools.get(kind)
