@@ -131,3 +131,27 @@ def moto_sqs() -> Iterator[str]:
         env.setenv("AWS_DEFAULT_REGION", "us-east-1")
         with Server([str(moto), "-H", "127.0.0.1", "-p", str(port)], port):
             yield f"http://127.0.0.1:{port}"
+
+
+@contextlib.contextmanager
+def silent_server() -> Iterator[int]:
+    """A port that accepts connections (the kernel's backlog) and never answers."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(64)
+        yield listener.getsockname()[1]
+
+
+@contextlib.contextmanager
+def full_backlog() -> Iterator[int]:
+    """A port whose backlog is full: a new connection's SYN goes unanswered, connect() hangs."""
+    with socket.socket() as listener, contextlib.ExitStack() as stack:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        for _ in range(3):
+            filler = stack.enter_context(socket.socket())
+            filler.setblocking(False)
+            filler.connect_ex(("127.0.0.1", port))
+        time.sleep(0.05)
+        yield port

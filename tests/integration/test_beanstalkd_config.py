@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
-import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,7 +12,7 @@ from lilqueue.adapters import create_adapter
 from lilqueue.adapters.beanstalkd import BeanstalkdAdapter, Server
 from lilqueue.config import load_settings
 from lilqueue.errors import BackendConnectionError, ConfigError
-from tests.servers import free_port
+from tests.servers import free_port, full_backlog, silent_server
 
 
 def keys(adapter: BeanstalkdAdapter) -> list[str]:
@@ -98,30 +95,6 @@ def test_no_server_is_a_prompt_connection_error() -> None:
         app.queue("jobs").stats()
     assert time.monotonic() - started < 2
     app.close()
-
-
-@contextlib.contextmanager
-def silent_server() -> Iterator[int]:
-    """A port that accepts connections (the kernel's backlog) and never answers."""
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(64)
-        yield listener.getsockname()[1]
-
-
-@contextlib.contextmanager
-def full_backlog() -> Iterator[int]:
-    """A port whose backlog is full: a new connection's SYN goes unanswered, connect() hangs."""
-    with socket.socket() as listener, contextlib.ExitStack() as stack:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(0)
-        port = listener.getsockname()[1]
-        for _ in range(3):
-            filler = stack.enter_context(socket.socket())
-            filler.setblocking(False)
-            filler.connect_ex(("127.0.0.1", port))
-        time.sleep(0.05)
-        yield port
 
 
 @pytest.mark.parametrize("key", ["connect_timeout", "io_timeout"])

@@ -4,10 +4,7 @@ queue names that are odd but valid."""
 
 from __future__ import annotations
 
-import contextlib
-import socket
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -16,35 +13,11 @@ from lilqueue.adapters.redis import RedisAdapter
 from lilqueue.config import load_settings
 from lilqueue.errors import BackendConnectionError, ConfigError
 from lilqueue.testing import reserve_until
-from tests.servers import Server, binary, free_port
+from tests.servers import Server, binary, free_port, full_backlog, silent_server
 
 from .workers import run_cli
 
 BAD_SECONDS = ["nan", "inf", "-inf", "0", "-1", "soon", "", "1e400"]
-
-
-@contextlib.contextmanager
-def silent_server() -> Iterator[int]:
-    """A port that accepts connections (the kernel's backlog) and never answers."""
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(64)
-        yield listener.getsockname()[1]
-
-
-@contextlib.contextmanager
-def full_backlog() -> Iterator[int]:
-    """A port whose backlog is full: a new connection's SYN goes unanswered, connect() hangs."""
-    with socket.socket() as listener, contextlib.ExitStack() as stack:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(0)
-        port = listener.getsockname()[1]
-        for _ in range(3):
-            filler = stack.enter_context(socket.socket())
-            filler.setblocking(False)
-            filler.connect_ex(("127.0.0.1", port))
-        time.sleep(0.05)
-        yield port
 
 
 @pytest.mark.parametrize("key", ["connect_timeout", "io_timeout", "timeout"])

@@ -11,8 +11,8 @@ import pytest
 
 import lilqueue
 from lilqueue.config import load_settings
-from tests.servers import Server, binary, free_port, moto_sqs
 
+from .backends import backend_url
 from .workers import lines, spawn, stop, wait_until
 
 BACKENDS = ["beanstalkd", "redis", "sqs"]
@@ -20,29 +20,8 @@ BACKENDS = ["beanstalkd", "redis", "sqs"]
 
 @pytest.fixture(params=BACKENDS)
 def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    port = free_port()
-    if request.param == "sqs":
-        with moto_sqs() as endpoint:
-            yield f"sqs://us-east-1?endpoint_url={endpoint}&wait=1"
-        return
-    if request.param == "redis":
-        argv = [
-            binary("redis-server"),
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--dir",
-            str(tmp_path),
-        ]
-        scheme = "redis"
-    else:
-        argv = [binary("beanstalkd"), "-l", "127.0.0.1", "-p", str(port)]
-        scheme = "beanstalkd"
-    with Server(argv, port):
-        yield f"{scheme}://127.0.0.1:{port}" + ("/0" if scheme == "redis" else "")
+    with backend_url(request.param, tmp_path) as url:
+        yield url
 
 
 @pytest.fixture

@@ -115,6 +115,7 @@ from lilqueue.adapters.base import (
     QueueStats,
     native,
 )
+from lilqueue.adapters.support import options
 from lilqueue.errors import (
     BackendConnectionError,
     BackendError,
@@ -486,7 +487,13 @@ class BeanstalkdAdapter(Adapter):
 
     max_queue_name: ClassVar[int | None] = MAX_TUBE
 
-    def __init__(self, servers: Sequence[Server], *, connect_timeout: float = 3.0, io_timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        servers: Sequence[Server],
+        *,
+        connect_timeout: float = options.CONNECT_TIMEOUT,
+        io_timeout: float = options.IO_TIMEOUT,
+    ) -> None:
         if not servers:
             raise ConfigError("queue.beanstalkd.servers: give at least one server")
         self.conns = [_Conn(s, i, connect_timeout, io_timeout) for i, s in enumerate(servers)]
@@ -1246,10 +1253,4 @@ def _timeout(key: str, value: Any) -> float:
     where = f"queue.beanstalkd.{key}"
     if key not in OPTIONS or key == "servers":
         raise ConfigError(f"{where}: unknown option (expected connect_timeout, io_timeout; servers in the host part)")
-    try:
-        number = math.nan if isinstance(value, bool) else float(value)
-    except (TypeError, ValueError, OverflowError):
-        number = math.nan
-    if not (math.isfinite(number) and number > 0):
-        raise ConfigError(f"{where}: must be a finite number of seconds above 0, not {value!r:.60}")
-    return number
+    return options.seconds(where, value)

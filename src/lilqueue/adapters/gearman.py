@@ -75,8 +75,6 @@ from lilqueue.adapters.base import (
     native,
 )
 from lilqueue.adapters.gearman_protocol import (
-    CONNECT_TIMEOUT,
-    IO_TIMEOUT,
     MAX_FUNCTION,
     Address,
     Admin,
@@ -87,6 +85,8 @@ from lilqueue.adapters.gearman_protocol import (
     parse_address,
     wait_readable,
 )
+from lilqueue.adapters.support import options
+from lilqueue.adapters.support.options import CONNECT_TIMEOUT, IO_TIMEOUT
 from lilqueue.errors import (
     BackendConnectionError,
     BackendError,
@@ -1217,10 +1217,7 @@ def _option(key: str, value: Any) -> Any:
 
 def _seconds(where: str, value: Any) -> float:
     """A finite number of seconds, > 0 and at most a day (NaN, infinities, 0, text refused)."""
-    number = value if isinstance(value, int | float) and not isinstance(value, bool) else math.nan
-    if not 0 < number <= MAX_TIMEOUT:  # NaN fails both comparisons
-        raise ConfigError(f"{where}: must be a number of seconds > 0 and at most {MAX_TIMEOUT:.0f}, not {value!r}")
-    return float(number)
+    return options.seconds(where, value, most=MAX_TIMEOUT)
 
 
 def _query_value(key: str, text: str) -> Any:

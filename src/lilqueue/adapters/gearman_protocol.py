@@ -40,6 +40,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Literal
 
+from lilqueue.adapters.support.options import CONNECT_TIMEOUT, IO_TIMEOUT
 from lilqueue.errors import BackendConnectionError, BackendError, BackendTimeoutError
 
 log = logging.getLogger(__name__)
@@ -53,8 +54,6 @@ MAX_UNIQUE = 64
 #: the longest function name this client sends (gearmand 1.1 takes longer ones, libgearman 512)
 MAX_FUNCTION = 255
 #: seconds to connect, and to wait for an answer the server owes us
-CONNECT_TIMEOUT = 3.0
-IO_TIMEOUT = 5.0
 #: a defence against a corrupt stream: no packet we expect is near this size
 MAX_PACKET = 1 << 30
 

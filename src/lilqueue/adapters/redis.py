@@ -68,6 +68,7 @@ from lilqueue.adapters.base import (
     QueueStats,
     native,
 )
+from lilqueue.adapters.support import options
 from lilqueue.errors import BackendConnectionError, BackendError, BackendTimeoutError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -685,8 +686,8 @@ class RedisAdapter(Adapter):
         username: str | None = None,
         password: str | None = None,
         protocol: int = 3,
-        connect_timeout: float = 3.0,
-        io_timeout: float = 5.0,
+        connect_timeout: float = options.CONNECT_TIMEOUT,
+        io_timeout: float = options.IO_TIMEOUT,
         pipeline_acks: bool = True,
     ) -> None:
         self.where = f"redis://{host}:{port}/{db}"
@@ -1002,14 +1003,7 @@ def _string(where: str, value: Any) -> str:
 
 
 def _seconds(where: str, value: Any) -> float:
-    """A finite number of seconds above zero (NaN, inf, 0, negatives and text are refused)."""
-    try:
-        number = math.nan if isinstance(value, bool) else float(value)
-    except (TypeError, ValueError, OverflowError):
-        number = math.nan
-    if not (math.isfinite(number) and number > 0):
-        raise ConfigError(f"{where}: must be a finite number of seconds above 0, not {value!r:.60}")
-    return number
+    return options.seconds(where, value)
 
 
 def _whole(where: str, value: Any) -> int:

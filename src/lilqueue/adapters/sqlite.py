@@ -81,6 +81,7 @@ from lilqueue.adapters.base import (
     emulated,
     native,
 )
+from lilqueue.adapters.support import options
 from lilqueue.errors import BackendConnectionError, BackendError, BackendTimeoutError, ConfigError, LilqueueError
 from lilqueue.task import MAX_PRIORITY, MAX_SECONDS
 
@@ -155,8 +156,8 @@ class SQLiteAdapter(Adapter):
         table: str = "lilqueue_jobs",
         synchronous: str = "normal",
         poll_interval: float = 0.002,
-        connect_timeout: float = 3.0,
-        io_timeout: float = 5.0,
+        connect_timeout: float = options.CONNECT_TIMEOUT,
+        io_timeout: float = options.IO_TIMEOUT,
         busy_timeout: float | None = None,
     ) -> None:
         """``connect_timeout``: how long opening the file may wait for another process's
@@ -652,13 +653,7 @@ def _option(key: str, value: Any) -> Any:
             raise ConfigError(f"{where}: must be one of {', '.join(SYNCHRONOUS)}, not {value!r}")
         return str(value).lower()
     if key in SECONDS:
-        try:
-            number = float(value) if not isinstance(value, bool) else -1.0
-        except (TypeError, ValueError):
-            number = -1.0
-        if not (math.isfinite(number) and number > 0):
-            raise ConfigError(f"{where}: must be a finite, positive number of seconds, not {value!r}")
-        return number
+        return options.seconds(where, value)
     known = ", ".join(("path", "table", "synchronous", *SECONDS))
     raise ConfigError(f"{where}: unknown option (expected {known})")
 
