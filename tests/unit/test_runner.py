@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,16 +11,7 @@ import pytest
 import lilqueue
 from lilqueue.config import load_settings
 
-
-@pytest.fixture
-def app() -> Iterator[lilqueue.App]:
-    app = lilqueue.App(settings=load_settings(backend=f"memory://{uuid.uuid4().hex}", env={}))
-    yield app
-    app.close()
-
-
-def drain(app: lilqueue.App, queue: str = "q") -> int:
-    return app.watch([queue], burst=True, install_signal_handlers=False)
+from .conftest import drain
 
 
 def test_return_is_success(app: lilqueue.App) -> None:

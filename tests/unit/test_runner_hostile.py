@@ -7,8 +7,6 @@ server backend in tests/integration/test_*_hostile.py with real worker processes
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import Iterator
 
 import pytest
 
@@ -17,16 +15,7 @@ from lilqueue.config import RetryPolicy, load_settings
 from lilqueue.errors import ConfigError, TaskError
 from lilqueue.runner import Runner
 
-
-@pytest.fixture
-def app() -> Iterator[lilqueue.App]:
-    app = lilqueue.App(settings=load_settings(backend=f"memory://{uuid.uuid4().hex}", env={}))
-    yield app
-    app.close()
-
-
-def drain(app: lilqueue.App, queue: str = "q") -> int:
-    return app.watch([queue], burst=True, install_signal_handlers=False)
+from .conftest import drain
 
 
 def reason(q: lilqueue.QueueHandler) -> str:
