@@ -100,6 +100,7 @@ class Runner:
         self.processed = 0
         self.acked = False  # a delete went to the adapter since its last flush
         self.stopping = False
+        self.signalled = False
         self.stop_reason = ""
 
     # -- lifecycle -----------------------------------------------------------------
@@ -213,8 +214,9 @@ class Runner:
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
-        if self.stopping:
+        if self.signalled:
             raise SystemExit(128 + signum)  # the second signal: stop at once
+        self.signalled = True  # a stop for --max-tasks before it is not a first signal
         self.stop(f"{name} received")
 
     # -- one task --------------------------------------------------------------------

@@ -213,7 +213,7 @@ class Supervisor:
             self.beats.clear(slot * self.threads + t)
         if self.signals:
             log.info("worker process %d exited (%d)", pid, code)
-            if code not in (EXIT_DONE, -signal.SIGKILL):
+            if code not in (EXIT_DONE, -signal.SIGKILL, -signal.SIGTERM):  # SIGTERM: before it could run
                 self.worst = 1
             return
         if code == EXIT_GAVE_UP:

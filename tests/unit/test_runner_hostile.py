@@ -190,3 +190,15 @@ def test_an_adapter_bug_in_reserve_is_backed_off_from_not_a_crash(app: lilqueue.
 
     broken.reserve = reserve  # type: ignore[method-assign,assignment]
     assert drain(app) == 1 and ran == [1]  # reconnected (a fresh adapter) and carried on
+
+
+def test_a_first_signal_while_stopping_at_a_limit_is_not_a_second_signal(app: lilqueue.App) -> None:
+    import signal
+
+    runner = Runner(app, ["q"] if app.queue("q") else [], install_signal_handlers=False)
+    runner.stop("max tasks reached (1)")
+    runner._on_signal(signal.SIGTERM, None)  # the first signal: no SystemExit
+    assert runner.stopping and runner.signalled
+    with pytest.raises(SystemExit) as exit:
+        runner._on_signal(signal.SIGTERM, None)
+    assert exit.value.code == 128 + signal.SIGTERM
