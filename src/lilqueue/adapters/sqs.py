@@ -81,6 +81,7 @@ from lilqueue.adapters.base import (
     native,
 )
 from lilqueue.adapters.sqs_poller import LONG_THREADS, QUICK_THREADS, Poller, Slot
+from lilqueue.adapters.support import options
 from lilqueue.errors import (
     BackendConnectionError,
     BackendError,
@@ -247,8 +248,8 @@ class SQSAdapter(Adapter):
         endpoint_url: str | None = None,
         wait: int = 5,
         attributes: Mapping[str, str] | None = None,
-        connect_timeout: float = 3.0,
-        io_timeout: float = 5.0,
+        connect_timeout: float = options.CONNECT_TIMEOUT,
+        io_timeout: float = options.IO_TIMEOUT,
     ) -> None:
         self.wait = wait
         self.attributes = dict(attributes or {})
@@ -762,10 +763,7 @@ def _option(key: str, value: Any) -> Any:
             raise ConfigError(f"{where}: must be a whole number of seconds from 1 to 20 (SQS long poll), not {value!r}")
         return number
     if key in ("connect_timeout", "io_timeout"):
-        seconds = _float(value)
-        if seconds is None or seconds <= 0:
-            raise ConfigError(f"{where}: must be a finite number of seconds above 0, not {value!r}")
-        return seconds
+        return options.seconds(where, value)
     if key == "attributes":
         if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
             raise ConfigError(f"{where}: must be a table of SQS queue attributes, not {value!r}")
