@@ -394,7 +394,7 @@ class Runner:
                 log.error("could not hold task %s (it comes back after its ttr): %r", job.id, exc)
                 self._after_failed_ack(exc)
                 return
-            self._bury(job, f"could not {outcome.kind} this task: {exc!r}")
+            self._bury(job, _UNSTORED[outcome.kind] + repr(exc))
 
     def _after_failed_ack(self, exc: BaseException) -> None:
         """Reconnect after a lost connection, or where only a closed connection gives a job back."""
@@ -465,6 +465,12 @@ class AutoTouch:
                 self.task.touch()
             except LilqueueError as exc:
                 log.warning("auto-touch of task %s failed: %s", self.task.id, exc, extra=_fields(self.task))
+
+
+_UNSTORED = {
+    "success": "ran successfully, but could not be deleted (delete it, or kick it to run it again): ",
+    "retry": "could not retry this task (the backend refused it back): ",
+}
 
 
 def _clean(reason: object) -> str:

@@ -117,7 +117,11 @@ def test_a_retry_that_cannot_be_re_put_is_held_not_looped(app: lilqueue.App) -> 
     assert job is not None
     runner._release = lambda job, task, delay: (_ for _ in ()).throw(TaskError("cannot re-encode"))  # type: ignore[method-assign]
     runner.process(job)
-    assert runs == [1] and "could not retry this task" in reason(q) and "cannot re-encode" in reason(q)
+    assert (
+        runs == [1]
+        and "could not retry this task (the backend refused it back)" in reason(q)
+        and "cannot re-encode" in reason(q)
+    )
 
 
 def test_a_job_whose_runs_never_finished_is_held_without_running(app: lilqueue.App) -> None:
