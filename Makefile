@@ -31,7 +31,7 @@ servers:
 
 ## test: lint, type-check and the whole suite, with every extra and every server
 test: $(VENV)/.all servers lint typecheck
-	$(BIN)/python -m pytest -p no:cacheprovider $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -p no:cacheprovider --durations=15 $(PYTEST_ARGS)
 
 lint: $(VENV)/.all
 	$(BIN)/ruff check .
