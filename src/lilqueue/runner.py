@@ -274,9 +274,10 @@ class Runner:
         try:
             if self.auto_touch or self.app.context_appliers or self.app.before_task_hooks:
                 self._call_wrapped(func, task, job.ttr)
-            elif (result := func(task)) is not None and inspect.isawaitable(result):
-                self._await(result)
-        except Exception as exc:  # noqa: BLE001 - a worker's failure is data
+            elif (result := func(task)) is not None:
+                self._settle(result)
+        except BaseException as exc:  # noqa: BLE001 - a worker's failure is data, whatever it raised
+            self._reraise_stop(exc)
             error = exc
         outcome = SUCCESS if error is None and task.outcome is None else self._outcome(task, error, spec.retry)
         self._finish(job, task, outcome)
@@ -304,16 +305,28 @@ class Runner:
             for hook in self.app.before_task_hooks:
                 hook(task)
             result = func(task)
-            if result is not None and inspect.isawaitable(result):
-                self._await(result)
+            if result is not None:
+                self._settle(result)
 
-    def _await(self, awaitable: Any) -> None:
-        """Run an ``async def`` worker to completion on this runner's own event loop."""
-        if self.event_loop is None:
-            import asyncio
+    def _settle(self, result: object) -> None:
+        """An ``async def`` worker's coroutine runs to completion on this runner's own event
+        loop; a generator is refused (its body would never run: the task is not done)."""
+        if inspect.isawaitable(result):
+            if self.event_loop is None:
+                import asyncio
 
-            self.event_loop = asyncio.new_event_loop()
-        self.event_loop.run_until_complete(awaitable)
+                self.event_loop = asyncio.new_event_loop()
+            self.event_loop.run_until_complete(result)
+        elif inspect.isgenerator(result) or inspect.isasyncgen(result):
+            raise TypeError("the worker is a generator function: its body never ran (return, do not yield)")
+
+    def _reraise_stop(self, exc: BaseException) -> None:
+        """What a worker raises is its failure, unless it is this runner being stopped: our
+        second signal (SystemExit), or Ctrl-C where the embedding program keeps SIGINT."""
+        if isinstance(exc, SystemExit) and self.signalled:
+            raise exc
+        if isinstance(exc, KeyboardInterrupt) and not self.install_signal_handlers:
+            raise exc
 
     def _task(self, job: Job, env: wire.Envelope, handler: QueueHandler) -> Task:
         task = Task.__new__(Task)

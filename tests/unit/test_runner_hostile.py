@@ -7,6 +7,7 @@ server backend in tests/integration/test_*_hostile.py with real worker processes
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
@@ -206,3 +207,71 @@ def test_a_first_signal_while_stopping_at_a_limit_is_not_a_second_signal(app: li
     with pytest.raises(SystemExit) as exit:
         runner._on_signal(signal.SIGTERM, None)
     assert exit.value.code == 128 + signal.SIGTERM
+
+
+@pytest.mark.parametrize(
+    "raised", [SystemExit(4), SystemExit(0), KeyboardInterrupt(), asyncio.CancelledError(), GeneratorExit()]
+)
+def test_whatever_a_worker_raises_is_its_failure_not_the_end_of_the_worker(
+    app: lilqueue.App, raised: BaseException
+) -> None:
+    q = app.queue("q", max_attempts=2, backoff=0)
+    q.send("w")
+    q.send("ok")
+    ran: list[str] = []
+
+    @q.worker("w")
+    def w(task: lilqueue.Task) -> None:
+        raise raised
+
+    q.worker("ok")(lambda t: ran.append("ok"))
+    runner = Runner(app, ["q"], burst=True, install_signal_handlers=True)
+    runner.run()
+    assert ran == ["ok"] and "failed 2 of 2 attempts" in reason(q) and type(raised).__name__ in reason(q)
+
+
+def test_async_cancelled_error_is_a_failure(app: lilqueue.App) -> None:
+    q = app.queue("q", max_attempts=1)
+
+    @q.worker("w")
+    async def w(task: lilqueue.Task) -> None:
+        raise asyncio.CancelledError()
+
+    q.send("w")
+    drain(app)
+    assert "CancelledError" in reason(q)
+
+
+@pytest.mark.parametrize("kind", ["generator", "async generator"])
+def test_a_generator_worker_is_a_failure_not_a_silent_success(app: lilqueue.App, kind: str) -> None:
+    q = app.queue("q", max_attempts=1)
+    body: list[int] = []
+
+    def gen(task: lilqueue.Task) -> Iterator[None]:
+        body.append(1)
+        yield None
+
+    async def agen(task: lilqueue.Task) -> AsyncIterator[None]:
+        body.append(1)
+        yield None
+
+    q.worker("w")(gen if kind == "generator" else agen)
+    q.send("w")
+    drain(app)
+    assert body == [] and "generator function: its body never ran" in reason(q)
+
+
+def test_our_own_second_signal_still_stops_the_worker(app: lilqueue.App) -> None:
+    import signal
+
+    q = app.queue("q")
+    runner = Runner(app, ["q"], burst=True, install_signal_handlers=False)
+
+    @q.worker("w")
+    def w(task: lilqueue.Task) -> None:
+        runner._on_signal(signal.SIGTERM, None)
+        runner._on_signal(signal.SIGTERM, None)  # the second: SystemExit from our handler
+
+    q.send("w")
+    with pytest.raises(SystemExit):
+        runner.run()
