@@ -48,6 +48,9 @@ _SIG_LEN = len(_SIG_PREFIX) + 64 + 2  # prefix, hex digest, '"}'
 _LILMUCKERS_KEYS = frozenset(("task", "store", "data", "attempts"))
 _LILQUEUE_KEYS = frozenset(("v", "id", "task", "data", "context", "attempts", "priority", "ttr"))
 _LIMIT = 2**32  # priority, ttr and attempts are below it
+#: the deepest nesting of arrays and objects a body may have, the envelope included: the
+#: same at the producer and the worker, and far from where Python's recursion gives out
+MAX_DEPTH = 500
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
@@ -121,11 +124,31 @@ def _encode_lilmuckers(envelope: Envelope) -> bytes:
 
 def _dumps(obj: dict[str, Any]) -> bytes:
     try:
-        return _encoder.encode(obj).encode("utf-8")
+        body = _encoder.encode(obj).encode("utf-8")
     except RecursionError:
-        raise TaskError("task data is nested too deeply to serialise") from None
+        raise TaskError(f"task data is nested too deeply (at most {MAX_DEPTH} levels)") from None
     except (TypeError, ValueError) as exc:  # UnicodeEncodeError (a lone surrogate) is a ValueError
         raise TaskError(f"task data is not JSON-serialisable: {exc}") from exc
+    if _too_deep(obj, body):
+        raise TaskError(f"task data is nested too deeply (at most {MAX_DEPTH} levels)")
+    return body
+
+
+def _too_deep(obj: Any, body: bytes) -> bool:
+    """Whether ``obj`` nests arrays and objects deeper than MAX_DEPTH (counted only when
+    the body has that many brackets at all, so ordinary tasks pay two byte counts)."""
+    if body.count(b"[") + body.count(b"{") <= MAX_DEPTH:
+        return False
+    stack: list[tuple[Any, int]] = [(obj, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return True
+        if type(value) is dict:
+            stack.extend((item, depth + 1) for item in value.values())
+        elif type(value) is list:
+            stack.extend((item, depth + 1) for item in value)
+    return False
 
 
 def sign(body: bytes, secret: bytes, queue: str = "") -> bytes:
@@ -181,6 +204,8 @@ def _parse(body: bytes) -> Any:
         raise WireError(f"payload is not valid JSON: {exc}") from None
     if _SURROGATE_ESCAPE.search(body) is not None:
         _check_text(obj)
+    if _too_deep(obj, body):
+        raise WireError(f"payload is nested too deeply (at most {MAX_DEPTH} levels)")
     return obj
 
 

@@ -197,6 +197,22 @@ def test_data_nested_too_deeply_is_a_task_error_at_the_producer() -> None:
     assert wire.decode(wire.encode(envelope(data={"deep": _nested(50)}))).data == {"deep": _nested(50)}
 
 
+@pytest.mark.parametrize("depth", [wire.MAX_DEPTH - 2, wire.MAX_DEPTH - 1, 700, 980, 985])
+def test_producer_and_worker_agree_on_how_deep_is_too_deep(depth: int) -> None:
+    """envelope (1) + data (1) + ``depth`` nested lists: accepted by both, or refused by both."""
+    data = {"deep": _nested(depth - 1)}  # _nested(n) is n + 1 lists deep
+    raw = b'{"v":1,"task":"t","data":{"deep":' + b"[" * depth + b"]" * depth + b"}}"
+    try:
+        body = wire.encode(envelope(data=data))
+    except TaskError:
+        with pytest.raises(WireError, match="nested too deeply"):
+            wire.decode(raw)
+        assert depth + 2 > wire.MAX_DEPTH
+        return
+    assert depth + 2 <= wire.MAX_DEPTH
+    assert wire.decode(body).data == data and wire.decode(raw).data == {"deep": _nested(depth - 1)}
+
+
 @pytest.mark.parametrize("value", ["\udc80", float("nan"), float("inf")])
 def test_producer_refuses_what_json_cannot_carry(value: object) -> None:
     with pytest.raises(TaskError):
