@@ -66,9 +66,9 @@ def _call_factory(path: str, factory: Callable[[], object]) -> object:
     """``--app module:make_app``: call it with no arguments for the App."""
     try:
         return factory()
-    except LilqueueError:
+    except (LilqueueError, KeyboardInterrupt):
         raise
-    except Exception as exc:  # the user's code, or not a factory at all
+    except BaseException as exc:  # the user's code (sys.exit too), or not a factory at all
         raise ConfigError(
             f"--app {path!r} is not a lilqueue.App, and calling it as a factory with no arguments "
             f"failed: {type(exc).__name__}: {exc}"
@@ -325,7 +325,7 @@ def stats(obj: Context, queues: str | None = None, as_json: bool = False) -> Non
     """Ready, delayed, reserved and held counts per queue (unknown where the backend cannot tell)."""
     app = obj.app
     names = _names(queues) if queues and queues != "all" else list(app.queues)
-    result = {name: app.adapter.stats(app.settings.prefix + name) for name in names}
+    result = {name: _handler(app, name).stats() for name in names}
     if as_json:
         click.echo(json.dumps({name: s.as_dict() for name, s in result.items()}, indent=2))
         return
@@ -336,7 +336,7 @@ def stats(obj: Context, queues: str | None = None, as_json: bool = False) -> Non
     click.echo(f"{'queue':<{width}}  {'ready':>8} {'delayed':>8} {'reserved':>8} {'held':>8}")
     for name, s in result.items():
         cells = " ".join(f"{_count(v, s):>8}" for v in s.as_dict().values())
-        click.echo(f"{name:<{width}}  {cells}")
+        click.echo(f"{_printable(name):<{width}}  {cells}")
     if any(s.approximate for s in result.values()):
         click.echo("~ approximate: the backend only estimates these counts")
 
