@@ -59,14 +59,9 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-def _finite(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"number {text[:40]} is too large for a float")
-    return value
-
-
-_decode = json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite).decode
+_decode = json.JSONDecoder(parse_constant=_no_constant).decode
+#: a number that may be too large for a float (1e400, or 309 digits before the point)
+_HUGE_NUMBER = re.compile(rb"[eE]\+?0*[1-9]\d{2}|\d{309}")
 
 
 @dataclasses.dataclass(slots=True)
@@ -132,6 +127,20 @@ def _dumps(obj: dict[str, Any]) -> bytes:
     if _too_deep(obj, body):
         raise TaskError(f"task data is nested too deeply (at most {MAX_DEPTH} levels)")
     return body
+
+
+def _all_finite(obj: Any) -> bool:
+    """Whether no float in ``obj`` is infinite (JSON has no such number)."""
+    stack = [obj]
+    while stack:
+        value = stack.pop()
+        if type(value) is float and not math.isfinite(value):
+            return False
+        if type(value) is dict:
+            stack.extend(value.values())
+        elif type(value) is list:
+            stack.extend(value)
+    return True
 
 
 def _too_deep(obj: Any, body: bytes) -> bool:
@@ -204,6 +213,8 @@ def _parse(body: bytes) -> Any:
         raise WireError(f"payload is not valid JSON: {exc}") from None
     if _SURROGATE_ESCAPE.search(body) is not None:
         _check_text(obj)
+    if _HUGE_NUMBER.search(body) is not None and not _all_finite(obj):
+        raise WireError("payload is not valid JSON: a number is too large for a float")
     if _too_deep(obj, body):
         raise WireError(f"payload is nested too deeply (at most {MAX_DEPTH} levels)")
     return obj
