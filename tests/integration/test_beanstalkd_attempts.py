@@ -8,7 +8,9 @@ what a killed process or a lapsed lease leaves behind.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import greenstalk
 import pytest
@@ -165,3 +167,78 @@ def test_deleting_a_held_task_by_id_removes_its_marker(
     assert len(marker_tubes(raw, q)) == 1
     assert adapter.delete_id(q, job.id)
     assert marker_tubes(raw, q) == []
+
+
+def forge_marker(raw: greenstalk.Client[bytes], q: str, jid: str, base: int, skip: int) -> None:
+    """Put a settle marker for job ``jid`` of ``q`` the way a hostile client could (ids are sequential)."""
+    raw.use(f"lilqueue-settled/{q}/{jid}")
+    raw.put(json.dumps({"base": base, "skip": skip}).encode())
+
+
+def test_a_forged_skip_cannot_keep_a_failing_task_at_attempt_1(
+    adapter: BeanstalkdAdapter, raw: greenstalk.Client[bytes], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 11: a marker skipping 4e9 reservations made a failing task run forever at attempt 1."""
+    q = fresh_name("forgedskip")
+    id = adapter.put(q, b"x", priority=1, delay=0, ttr=60)
+    forge_marker(raw, q, id, 0, 4_000_000_000)
+    seen = []
+    for _ in range(5):  # a task that fails every run: retried with no delay
+        job = reserve_until(adapter, [q])
+        seen.append(job.deliveries)
+        adapter.release(job, priority=1, delay=0)
+    assert seen == [1, 2, 3, 4, 5]
+    assert marker_tubes(raw, q) == []  # removed when met...
+    warnings = [r.getMessage() for r in caplog.records if "ignored and removed the settle marker" in r.getMessage()]
+    assert len(warnings) == 1 and "4000000000" in warnings[0]  # ...and logged once
+    adapter.delete(reserve_until(adapter, [q]))
+
+
+def test_a_forged_base_cannot_cancel_the_count_of_runs_that_never_finished(
+    adapter: BeanstalkdAdapter, raw: greenstalk.Client[bytes], port: int
+) -> None:
+    q = fresh_name("forgedbase")
+    id = adapter.put(q, b"x", priority=1, delay=0, ttr=60)
+    forge_marker(raw, q, id, 4_000_000_000, 0)
+    adapter.release(reserve_until(adapter, [q]), priority=1, delay=0)
+    dies_holding(port, q)
+    dies_holding(port, q)
+    job = reserve_until(adapter, [q])
+    assert (job.deliveries, job.unfinished) == (4, 2)
+    assert marker_tubes(raw, q) == []
+    adapter.release(job, priority=1, delay=0)  # a retry settles them: an honest marker now
+    job = reserve_until(adapter, [q])
+    assert (job.deliveries, job.unfinished) == (5, 0)
+    adapter.delete(job)
+
+
+def test_a_marker_larger_than_the_counts_left_by_a_restart_is_ignored(tmp_path: Path) -> None:
+    """beanstalkd 1.12 resets a ready job's stats-job counts on a binlog restart (checked here):
+    the marker written before it no longer fits, and counts never go negative or loop."""
+    port = free_port()
+    (tmp_path / "binlog").mkdir()
+    argv = [binary("beanstalkd"), "-l", "127.0.0.1", "-p", str(port), "-b", str(tmp_path / "binlog")]
+    with Server(argv, port) as server:
+        adapter = BeanstalkdAdapter.from_config(f"beanstalkd://127.0.0.1:{port}", {})
+        q = fresh_name("restart")
+        adapter.put(q, b"x", priority=1, delay=0, ttr=60)
+        dies_holding(port, q)
+        dies_holding(port, q)
+        adapter.unreserve(reserve_until(adapter, [q]))
+        job = reserve_until(adapter, [q])
+        assert (job.deliveries, job.unfinished) == (3, 2)
+        adapter.release(job, priority=1, delay=0)  # the marker: base 2, skip 1
+        adapter.close()
+        server.restart()
+        raw: greenstalk.Client[bytes] = greenstalk.Client(("127.0.0.1", port), encoding=None)
+        assert raw.stats_job(int(job.id))["reserves"] == 0  # attempt counts restart with the server
+        seen = []
+        for _ in range(3):
+            job = reserve_until(adapter, [q])
+            seen.append((job.deliveries, job.unfinished))
+            adapter.release(job, priority=1, delay=0)
+        assert seen == [(1, 0), (2, 0), (3, 0)]
+        assert marker_tubes(raw, q) == []
+        adapter.delete(reserve_until(adapter, [q]))
+        adapter.close()
+        raw.close()

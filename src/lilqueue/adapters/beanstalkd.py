@@ -9,8 +9,11 @@ Deliveries and the hot path
     A reserved job says neither its tube, priority, TTR nor how often it was handed
     out, so each reservation needs a ``stats-job``: ``Job.deliveries`` is the job's
     ``reserves`` count (it grows with every reservation, including those after a
-    release for retry or a TTR lapse, and it survives a binlog restart), less those
-    handed back unstarted (below). To keep
+    release for retry or a TTR lapse), less those handed back unstarted (below).
+    beanstalkd 1.12 does not keep these counters across a restart: a job comes back
+    from the binlog with the counts of its last binlog write, so a ready or delayed
+    job's ``reserves`` (and every other ``stats-job`` count) starts again at 0, and
+    attempt counts restart with the server. To keep
     that off the round-trip budget, the ``stats-job`` of the id the connection will
     probably get (the last reserved id + 1: one producer's jobs are numbered in the
     order they are taken) is sent in the same write as the ``reserve``; when the
@@ -35,7 +38,11 @@ Runs that never finished, and handing back unstarted
     take back a reservation, so ``unreserve`` releases the job and adds one to
     ``skip``; ``Job.deliveries = reserves - skip``. A marker is written only when a
     settle changes it: a task retried with nothing unfinished costs none. A marker
-    another client spoils reads as 0 (never fewer attempts than there were).
+    another client spoils reads as 0 (never fewer attempts than there were). A marker
+    that does not fit the job's ``stats-job`` (a ``skip`` above its ``releases``, a
+    ``base`` above its unsettled runs: forged, or older than a restart that reset the
+    counters) is ignored, logged and removed, so ``reserves - skip`` can only lag the
+    server's count by the job's real hand-backs and a failing task cannot loop.
 
 Hold reasons
     beanstalkd keeps nothing but the job on a buried job, and can only show the
@@ -47,8 +54,9 @@ Hold reasons
     held task, in the order held, without reserving anything; the records live in
     the binlog like any job, so they survive a restart. A record is valid while job
     ``ID`` is buried in ``T`` and has been reserved exactly ``reserves`` times (a
-    job can only be buried by the worker that reserved it, and the ``reserves``
-    count survives a binlog restart while ``buries`` does not); stale records (the
+    job can only be buried by the worker that reserved it; a bury writes the job,
+    counts included, to the binlog, so a buried job keeps its ``reserves`` across a
+    restart, while its ``buries`` is counted again); stale records (the
     job was kicked, deleted or re-held by another client) are deleted when met. Jobs
     buried by other clients have no record; the oldest one is still listed (with no
     reason) and kicked. Nobody watches the record tubes, so no worker takes them.
@@ -1143,10 +1151,28 @@ def _counts(conn: _Conn, client: _Client, tube: str, jid: int, stats: dict[bytes
     unsettled = max(reserves - 1 - releases - buries, 0)
     if releases + kicks == 0:
         return _Counts(unsettled)
-    found = conn.peek_marker(client, _marker_tube(tube, jid))
+    marker_tube = _marker_tube(tube, jid)
+    found = conn.peek_marker(client, marker_tube)
     if found is None:
         return _Counts(unsettled)
-    return _Counts(unsettled, _count(found[1], "base"), _count(found[1], "skip"), found[0])
+    base, skip = _count(found[1], "base"), _count(found[1], "skip")
+    if base > unsettled or skip > releases:
+        _drop_marker(conn, client, marker_tube, found[1], f"unsettled {unsettled}, releases {releases}")
+        return _Counts(unsettled)
+    return _Counts(unsettled, base, skip, found[0])
+
+
+def _drop_marker(conn: _Conn, client: _Client, marker_tube: str, fields: Mapping[str, Any], counted: str) -> None:
+    """Remove a settle marker that does not fit its job's ``stats-job`` (forged by another client,
+    or older than a restart that reset the counters), so it is ignored, and logged, once."""
+    log.warning(
+        "beanstalkd %s: ignored and removed the settle marker in %s (%s does not fit the job's %s)",
+        conn.key,
+        marker_tube,
+        json.dumps(fields)[:200],
+        counted,
+    )
+    conn.write_marker(client, marker_tube, 0, 0)
 
 
 def _mark_kicked(conn: _Conn, client: _Client, tube: str, jid: int, info: Mapping[str, Any]) -> None:
@@ -1155,6 +1181,8 @@ def _mark_kicked(conn: _Conn, client: _Client, tube: str, jid: int, info: Mappin
     marker_tube = _marker_tube(tube, jid)
     found = conn.peek_marker(client, marker_tube) if info["releases"] + info["kicks"] > 0 else None
     skip = _count(found[1], "skip") if found else 0
+    if skip > info["releases"]:  # forged, or older than a restart: as in _counts, it does not count
+        skip = 0
     if unsettled or skip or found:
         conn.write_marker(client, marker_tube, unsettled, skip)
 
