@@ -183,13 +183,41 @@ def test_keys_of_another_type_in_a_queue_are_refused_before_anything_is_written(
         adapter.reserve([good], 0)  # a record that must be held cannot be: it stays as it was
     assert client.zscore(f"{good}:ready", id.zfill(16)) == 1024 and client.hget(f"{good}:job:{id}", "ttr") == b"nan"
     adapter.put(good, b"urgent", priority=0, delay=0, ttr=60)
-    job = reserve_until(adapter, [good])  # a task that needs no hold is leased all the same
+    with pytest.raises(BackendError, match=f"{good}:held is a string"):
+        adapter.reserve([good], 0)  # nor is a task leased that could not be held if it failed
+    client.delete(f"{good}:held")
+    job = reserve_until(adapter, [good])
+    assert job.body == b"urgent"
+    client.set(f"{good}:held", "junk")  # spoiled while the task runs
     with pytest.raises(BackendError, match=f"{good}:held is a string"):
         adapter.bury(job, reason="x")  # refused before anything changed: still leased
     client.delete(f"{good}:held")
     adapter.bury(job, reason="x")
     assert adapter.reserve([good], 0) is None
     assert sorted(h.id for h in adapter.held(good)) == sorted([job.id, id])
+
+
+def test_a_spoiled_held_key_leases_nothing_so_a_failing_task_cannot_loop(
+    adapter: RedisAdapter, client: redis.Redis
+) -> None:
+    """Issue 11: with ``SET Q:held x`` the take leased tasks its bury then refused; the lease
+    lapsed, and a failing task ran again and again past max_attempts."""
+    q, other = fresh_name("heldspoil"), fresh_name("fine")
+    id = adapter.put(q, b"fails", priority=1, delay=0, ttr=1)
+    client.set(f"{q}:held", "not a zset")
+    for _ in range(3):
+        with pytest.raises(BackendError, match=f"{q}:held is a string, not a zset"):
+            adapter.reserve([q], 0)
+    assert client.zcard(f"{q}:reserved") == 0 and client.hget(f"{q}:job:{id}", "n") == b"0"  # never leased
+    adapter.put(other, b"ok", priority=5, delay=0, ttr=60)
+    job = adapter.reserve([q, other], 0)  # the good queue beside it is still served
+    assert job is not None and job.body == b"ok"
+    adapter.delete(job)
+    client.delete(f"{q}:held")
+    job = reserve_until(adapter, [q])
+    assert (job.id, job.deliveries, job.unfinished) == (id, 1, 0)
+    adapter.bury(job, reason="failed")
+    assert [h.reason for h in adapter.held(q)] == ["failed"]
 
 
 def test_a_counter_that_is_not_a_number_refuses_a_put_and_writes_nothing(

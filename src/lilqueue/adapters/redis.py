@@ -30,7 +30,9 @@ a release, bury or kick sets ``s``, and handing a task back unstarted (``unreser
 
 Lua does not roll back a script that fails half-way, so every script reads and checks
 before its first write: key types (a queue whose sets are not sorted sets is refused with
-an error naming the key, and skipped by a worker that watches others), and every field of
+an error naming the key, and skipped by a worker that watches others; the take checks all
+four, ``held`` included, so no task is leased that could not then be retried or held), and
+every field of
 a task record. A record the scripts cannot use (``ttr`` "nan", ``n`` "inf", no body, a
 string where the hash should be, an entry in ``ready`` that is not an id) is held with a
 reason that names what was wrong, its bad fields replaced by safe values so that a kick
@@ -348,7 +350,9 @@ end
 local now = now_ms()
 local usable, broken = {}, {}
 for i, q in ipairs(ARGV) do
-  local why = promote(q, now)
+  -- every key a later write needs: ready and delayed (release), reserved (lease), held (bury,
+  -- and holding what cannot be leased): a task taken from q must be able to reach an outcome
+  local why = misfit(q .. ':held', 'zset') or promote(q, now)
   if why then table.insert(broken, why) else table.insert(usable, i) end
 end
 while #usable > 0 do
