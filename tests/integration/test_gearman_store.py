@@ -15,7 +15,9 @@ import pytest
 
 from lilqueue.adapters import gearman
 from lilqueue.adapters.gearman import GearmanAdapter, HeldStore, open_store
+from lilqueue.adapters.gearman_protocol import Address, Admin, Connection
 from lilqueue.errors import BackendConnectionError
+from tests.integration.workers import wait_until
 from tests.servers import Server, binary, free_port, require_module
 
 
@@ -126,6 +128,9 @@ def test_the_delivery_ledger(store: HeldStore) -> None:
     store.carry(b"mail\0next", 3)  # a release: deliveries go on, all settled
     assert store.deliver(b"mail\0next") == (4, 0)
     assert store.deliver(b"mail\0next") == (5, 1)
+    assert store.deliver(b"mail\0raced") == (1, 0)  # a worker took the retried job before the carry
+    store.carry(b"mail\0raced", 3)
+    assert store.deliver(b"mail\0raced") == (5, 1)  # carried on, and that delivery still counts
 
 
 def test_two_processes_share_one_store(store_url: str) -> None:
@@ -221,3 +226,39 @@ def test_a_drained_worker_leaves_no_ledger_entries(gearmand: Server, tmp_path: P
     with contextlib.closing(sqlite3.connect(tmp_path / "held.db")) as db:
         assert db.execute("SELECT COUNT(*) FROM gearman_ledger").fetchone() == (0,)  # flushed when idle
     adapter.close()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "redis"])
+def test_a_reused_unique_key_is_a_new_job_for_every_worker(
+    kind: str, request: pytest.FixtureRequest, gearmand: Server, tmp_path: Path
+) -> None:
+    """A raw client coalescing on a fixed unique key (``report-daily``) submits a new job each
+    day; four workers (``watch -c 4``), each holding its settlings back, take one each: every
+    one is a first delivery. A re-hand of one job (its worker died) still counts."""
+    if kind == "redis":
+        server: Server = request.getfixturevalue("redis_server")
+        store = f"redis://127.0.0.1:{server.port}/2"
+    else:
+        store = f"sqlite:///{tmp_path}/held.db"
+    url = gearman_url(gearmand, store)
+    queue = f"gm-{uuid.uuid4().hex[:8]}"
+    workers = [GearmanAdapter.from_config(url, {}) for _ in range(5)]
+    client = Connection(Address("127.0.0.1", gearmand.port))
+    admin = Admin(Address("127.0.0.1", gearmand.port))
+    for worker in workers[:4]:
+        client.submit(queue, "report-daily", b"run")
+        job = worker.reserve([queue], 5)
+        assert job is not None and (job.id, job.deliveries, job.unfinished) == ("report-daily", 1, 0)
+        worker.delete(job)
+        wait_until(lambda: admin.status()[queue].total == 0)  # else the next submit joins this job
+    client.submit(queue, "report-daily", b"run")
+    job = workers[0].reserve([queue], 5)
+    assert job is not None and (job.deliveries, job.unfinished) == (1, 0)
+    workers[0].close()  # died mid-task: gearmand hands the same job (same handle) out again
+    again = workers[4].reserve([queue], 5)
+    assert again is not None and (again.id, again.deliveries, again.unfinished) == ("report-daily", 2, 1)
+    workers[4].delete(again)
+    client.close()
+    admin.close()
+    for worker in workers:
+        worker.close()

@@ -22,8 +22,11 @@
   A job reserved but never started is handed back the same way (``unreserve`` closes
   the connection), uncounted.
 - gearmand counts no deliveries, so the adapter keeps a *delivery ledger*: each grab
-  adds one to the deliveries of the job's unique key (gearmand hands the same job out
-  again with the same key): ``Job.deliveries``. ``Job.unfinished`` is the earlier
+  adds one to the deliveries of the job, known by server, handle and unique key (gearmand
+  hands the same job out again under the same handle; a new submission that reuses a
+  unique key, as raw clients do to coalesce jobs, gets a new handle and a new count):
+  ``Job.deliveries``. A job replayed from a persistent queue after a gearmand restart
+  has a new handle, so its count starts again. ``Job.unfinished`` is the earlier
   deliveries that reached no outcome: every earlier one of the same Gearman job, since
   an outcome ends it (delete, hold and release complete the job, and the ledger forgets
   it). ``release`` re-submits under a new key that carries the deliveries on, all of
@@ -152,13 +155,17 @@ def parse_unique(unique: str) -> tuple[int, int]:
     return priority, ttr
 
 
-def ledger_key(queue: str, unique: bytes, server: Address | None = None, handle: bytes = b"") -> bytes:
-    """What the ledger counts a job's deliveries under: its queue and unique key (the same
-    when gearmand hands the job out again, even after a restart with a persistent queue), or
-    its server and handle when it has no unique key."""
-    if unique:
-        return queue.encode("utf-8", "backslashreplace") + b"\0" + unique
-    return queue.encode("utf-8", "backslashreplace") + b"\0\0" + str(server).encode() + b"\0" + handle
+def ledger_key(queue: str, unique: bytes, server: Address, handle: bytes) -> bytes:
+    """What the ledger counts a job's deliveries under: its queue, server, handle and unique key.
+
+    gearmand keeps a job's handle when it hands the job out again (its worker died), and
+    gives every new submission a new one, even one that reuses a unique key (raw clients
+    coalesce jobs with fixed keys such as ``report-daily``): so a re-hand counts, a new
+    job starts afresh. The unique key is there because gearmand numbers handles from 1
+    again after a restart.
+    """
+    parts = (queue.encode("utf-8", "backslashreplace"), str(server).encode(), handle, unique)
+    return b"\0".join(parts)
 
 
 def _text(value: str) -> str:
@@ -294,7 +301,8 @@ class HeldStore(abc.ABC):
 
     @abc.abstractmethod
     def carry(self, key: bytes, deliveries: int) -> None:
-        """Start the count of the job ``key`` (about to be submitted) at ``deliveries``, all settled."""
+        """Add ``deliveries``, all settled, to the count of the job ``key`` (just submitted:
+        a worker may have counted a delivery of it already)."""
 
     @abc.abstractmethod
     def undeliver(self, key: bytes) -> None:
@@ -509,7 +517,10 @@ class SqliteHeldStore(HeldStore):
             unsettled = self._unsettled[:SETTLE_BATCH]
 
     def carry(self, key: bytes, deliveries: int) -> None:
-        sql = "INSERT OR REPLACE INTO gearman_ledger (key, deliveries, settled, seen) VALUES (?, ?, ?, ?)"
+        sql = (
+            "INSERT INTO gearman_ledger (key, deliveries, settled, seen) VALUES (?, ?, ?, ?) ON CONFLICT (key) DO "
+            "UPDATE SET deliveries = deliveries + excluded.deliveries, settled = settled + excluded.settled"
+        )
         self._change(sql, (key, deliveries, deliveries, time.time()))
 
     def undeliver(self, key: bytes) -> None:
@@ -720,7 +731,8 @@ class RedisHeldStore(HeldStore):
     def carry(self, key: bytes, deliveries: int) -> None:
         with self._translated("carry deliveries on"):
             pipe = self.redis.pipeline(transaction=True)
-            pipe.hset(self._ledger(key), mapping={"d": deliveries, "s": deliveries})
+            pipe.hincrby(self._ledger(key), "d", deliveries)
+            pipe.hincrby(self._ledger(key), "s", deliveries)
             pipe.expire(self._ledger(key), LEDGER_KEEP)
             pipe.execute()
 
@@ -835,15 +847,18 @@ class GearmanAdapter(Adapter):
     # -- producing ----------------------------------------------------------------------
 
     def put(self, queue: str, body: bytes, *, priority: int, delay: float, ttr: int) -> str:
-        return self._put(queue, new_unique(priority, ttr), body, priority, delay)
+        unique = new_unique(priority, ttr)
+        self._put(queue, unique, body, priority, delay)
+        return unique
 
-    def _put(self, queue: str, unique: str, body: bytes, priority: int, delay: float) -> str:
+    def _put(self, queue: str, unique: str, body: bytes, priority: int, delay: float) -> tuple[_Server, bytes]:
+        """Submit; the server that took the job and its handle."""
         when = math.ceil(time.time() + delay) if delay > 0 else None
         function = queue if when is None else queue + DELAYED_SUFFIX
         server, handle = self._submit(function, unique, body, band(priority), when)
         if when is not None:
             self._note_delayed(queue, unique, server, handle, when)
-        return unique
+        return server, handle
 
     def _note_delayed(self, queue: str, unique: str, server: _Server, handle: bytes, when: int) -> None:
         """The job is in gearmand already: a store that fails only costs ``delete --id`` this job."""
@@ -1041,13 +1056,18 @@ class GearmanAdapter(Adapter):
     def release(self, job: Job, *, priority: int, delay: float) -> None:
         """Re-submit the same body (after ``delay``), then complete the old job.
 
-        The new job's ledger entry is written first: it goes on from this job's
-        deliveries, all of them settled (this one has its outcome: a retry).
+        The new job's ledger entry then goes on from this job's deliveries, all of them
+        settled (this one has its outcome: a retry). The carry adds to the entry, so a
+        worker that grabbed the new job first still counts right; a carry the store
+        refuses only restarts the new job's count (logged).
         """
         receipt = self._receipt(job)
         unique = new_unique(priority, job.ttr)
-        self.store.carry(ledger_key(job.queue, unique.encode()), job.deliveries)
-        self._put(job.queue, unique, job.body, priority, delay)
+        server, handle = self._put(job.queue, unique, job.body, priority, delay)
+        try:
+            self.store.carry(ledger_key(job.queue, unique.encode(), server.address, handle), job.deliveries)
+        except LilqueueError as exc:
+            log.warning("job %s retried as %s, but its deliveries were not carried on: %s", job.id, unique, exc)
         receipt.conn.work_complete(receipt.handle)
         self._settle(job, receipt)
 
