@@ -17,7 +17,7 @@ from lilqueue.adapters import gearman
 from lilqueue.adapters.gearman import GearmanAdapter, HeldStore, open_store
 from lilqueue.adapters.gearman_protocol import Address, Admin, Connection
 from lilqueue.errors import BackendConnectionError
-from tests.integration.workers import wait_until
+from tests.integration.workers import run_cli, wait_until
 from tests.servers import Server, binary, free_port, require_module
 
 
@@ -262,3 +262,95 @@ def test_a_reused_unique_key_is_a_new_job_for_every_worker(
     admin.close()
     for worker in workers:
         worker.close()
+
+
+# -- garbage in the store (anyone may write it) -----------------------------------------------
+
+
+def spoil_ledger(store: HeldStore, key: bytes) -> None:
+    """Write entries for ``key`` that are not two counts."""
+    if isinstance(store, gearman.RedisHeldStore):
+        store.redis.hset(store._ledger(key), "d", "x")
+        return
+    assert isinstance(store, gearman.SqliteHeldStore)
+    with contextlib.closing(sqlite3.connect(store.path)) as db, db:
+        db.execute("INSERT OR REPLACE INTO gearman_ledger VALUES (?, 'x', x'ff', 0)", (key,))
+
+
+def test_a_garbage_ledger_entry_counts_as_none(store: HeldStore) -> None:
+    store.deliver(b"first")  # creates the schema
+    for key, garbage in [(b"k1", "d"), (b"k2", "-1"), (b"k3", "1e3"), (b"k4", "99999999999999999999")]:
+        spoil_ledger(store, key)
+        if isinstance(store, gearman.RedisHeldStore) and garbage != "d":
+            store.redis.hset(store._ledger(key), "s", garbage)
+        assert store.deliver(key) == (1, 0), garbage
+        assert store.deliver(key) == (2, 1)
+    if isinstance(store, gearman.RedisHeldStore):
+        store.redis.set(store._ledger(b"k5"), "a string, not a hash")
+        assert store.deliver(b"k5") == (1, 0)
+
+
+def spoil_held(store: HeldStore, queue: str) -> None:
+    """A held record that does not read, next to a good one."""
+    if isinstance(store, gearman.RedisHeldStore):
+        order, records, _ = store._keys(queue)
+        store.redis.hset(records, "bad", b"not a record")
+        store.redis.zadd(order, {"bad": 1.0})
+        return
+    assert isinstance(store, gearman.SqliteHeldStore)
+    with contextlib.closing(sqlite3.connect(store.path)) as db, db:
+        db.execute(
+            "INSERT INTO gearman_held (queue, id, body, priority, ttr, reason, held_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (queue, b"bad", "text body", "x", -5, b"\xff reason", "never"),
+        )
+
+
+def test_garbage_held_records_are_listed_with_a_reason_and_never_crash_a_kick(store: HeldStore) -> None:
+    store.hold("mail", "good", b"body", 5, 60, "why")
+    spoil_held(store, "mail")
+    held = {h.id: h for h in store.held("mail", 10)}
+    assert set(held) == {"good", "bad"} and held["bad"].reason and held["good"].reason == "why"
+    rows = store.claim("mail", 10)
+    if isinstance(store, gearman.RedisHeldStore):
+        assert [r.id for r in rows] == ["good"]  # the unreadable one is skipped, not left claimed
+        assert store.count("mail") == 1 and [h.id for h in store.held("mail", 10)] == ["bad"]
+        assert store.delete("mail", "bad")
+    else:
+        bad = next(r for r in rows if r.id == "bad")  # a row that reads, with the defaults where it does not
+        assert (bad.body, bad.priority, bad.ttr) == (b"text body", gearman.DEFAULT_PRIORITY, gearman.DEFAULT_TTR)
+
+
+def test_a_garbage_ledger_entry_does_not_loop_the_job(redis_server: Server, gearmand: Server) -> None:
+    url = gearman_url(gearmand, f"redis://127.0.0.1:{redis_server.port}/3")
+    queue = f"gm-{uuid.uuid4().hex[:8]}"
+    adapter = GearmanAdapter.from_config(url, {})
+    assert isinstance(adapter.store, gearman.RedisHeldStore)
+    client = Connection(Address("127.0.0.1", gearmand.port))
+    handle = client.submit(queue, "k1", b"run")
+    spoil_ledger(adapter.store, gearman.ledger_key(queue, b"k1", Address("127.0.0.1", gearmand.port), handle))
+    job = adapter.reserve([queue], 5)
+    assert job is not None and (job.id, job.deliveries, job.unfinished) == ("k1", 1, 0)
+    adapter.delete(job)
+    client.submit(queue, "k2", b"run")
+    adapter.store.redis.config_set("maxmemory", 1)  # a store that answers, and refuses every write
+    try:
+        job = adapter.reserve([queue], 5)  # runs uncounted (logged), never handed back for ever
+        assert job is not None and (job.id, job.deliveries, job.unfinished) == ("k2", 1, 0)
+    finally:
+        adapter.store.redis.config_set("maxmemory", 0)
+    adapter.delete(job)
+    client.close()
+    adapter.close()
+
+
+def test_held_and_kick_on_garbage_records_from_the_cli(redis_server: Server, gearmand: Server) -> None:
+    url = gearman_url(gearmand, f"redis://127.0.0.1:{redis_server.port}/4")
+    queue = f"gm-{uuid.uuid4().hex[:8]}"
+    store = open_store(f"redis://127.0.0.1:{redis_server.port}/4")
+    spoil_held(store, queue)
+    listed = run_cli(url, "held", queue)
+    assert listed.returncode == 0 and "unreadable held record" in listed.stdout, listed.stderr
+    kicked = run_cli(url, "kick", queue)
+    assert kicked.returncode == 0 and "Traceback" not in kicked.stderr, kicked.stderr
+    assert store.count(queue) == 1  # still held, not left claimed
+    store.close()

@@ -360,9 +360,15 @@ CREATE TABLE IF NOT EXISTS gearman_ledger (
 ) WITHOUT ROWID;
 """
 _VISIBLE = "(claimed_at IS NULL OR claimed_at < ?)"
+#: an entry that is not two counts (anyone may write the file) is taken as no entry
+_SOUND = (
+    "(typeof(deliveries) = 'integer' AND typeof(settled) = 'integer' "
+    "AND deliveries BETWEEN 0 AND 1000000000 AND settled BETWEEN 0 AND 1000000000)"
+)
 _DELIVER = (
-    "INSERT INTO gearman_ledger (key, deliveries, seen) VALUES (?, 1, ?) "
-    "ON CONFLICT (key) DO UPDATE SET deliveries = deliveries + 1, seen = excluded.seen RETURNING deliveries, settled"
+    "INSERT INTO gearman_ledger (key, deliveries, seen) VALUES (?, 1, ?) ON CONFLICT (key) DO UPDATE SET "
+    f"deliveries = CASE WHEN {_SOUND} THEN deliveries + 1 ELSE 1 END, "
+    f"settled = CASE WHEN {_SOUND} THEN settled ELSE 0 END, seen = excluded.seen RETURNING deliveries, settled"
 )
 
 
@@ -447,7 +453,7 @@ class SqliteHeldStore(HeldStore):
             "ORDER BY held_at, seq LIMIT ?"
         )
         rows = self._rows(sql, (queue, time.time() - KICK_CLAIM_TIMEOUT, limit))
-        return [HeldJob(i, queue, bytes(b), r, h) for i, b, r, h in rows]
+        return [HeldJob(_str(i), queue, _bytes(b), _reason(r), _when(h)) for i, b, r, h in rows]
 
     def count(self, queue: str) -> int:
         sql = f"SELECT COUNT(*) FROM gearman_held WHERE queue=? AND {_VISIBLE}"
@@ -462,8 +468,8 @@ class SqliteHeldStore(HeldStore):
             "RETURNING seq, id, body, priority, ttr, held_at"
         )
         params = (now, queue, *((id,) if id is not None else ()), now - KICK_CLAIM_TIMEOUT, limit)
-        rows = sorted(self._rows(sql, params), key=lambda r: (r[5], r[0]))
-        return [_HeldRow(queue, i, bytes(body), p, ttr, str(seq)) for seq, i, body, p, ttr, _ in rows]
+        rows = sorted(self._rows(sql, params), key=lambda r: (_when(r[5]) or 0.0, r[0]))
+        return [_HeldRow(queue, _str(i), _bytes(b), *_order(p, ttr), str(seq)) for seq, i, b, p, ttr, _ in rows]
 
     def unclaim(self, rows: Sequence[_HeldRow]) -> None:
         for row in rows:
@@ -573,6 +579,25 @@ redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[3], ARGV[1])
 return 1
 """
+_DELIVER_LUA = """
+for i = 2, #KEYS do redis.call('DEL', KEYS[i]) end
+local function count(field)
+  local v = redis.call('HGET', KEYS[1], field)
+  if not v then return 0 end
+  if v ~= '0' and not (string.match(v, '^[1-9]%d*$') and #v <= 9) then return nil end
+  return tonumber(v)
+end
+local kind = redis.call('TYPE', KEYS[1])['ok']
+if kind ~= 'hash' and kind ~= 'none' then redis.call('DEL', KEYS[1]) end
+local settled = count('s')
+if count('d') == nil or settled == nil then
+  redis.call('DEL', KEYS[1])
+  settled = 0
+end
+local deliveries = redis.call('HINCRBY', KEYS[1], 'd', 1)
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return {deliveries, settled}
+"""
 _CANCEL = """
 local v = redis.call('GET', KEYS[1])
 if not v or redis.call('ZSCORE', KEYS[2], ARGV[1]) then return false end
@@ -605,7 +630,13 @@ class RedisHeldStore(HeldStore):
         self._unsettled = []
         self._scripts = {name: self.redis.register_script(text) for name, text in self._SCRIPTS.items()}
 
-    _SCRIPTS: ClassVar[dict[str, str]] = {"pick": _PICK, "count": _COUNT, "drop": _DROP, "cancel": _CANCEL}
+    _SCRIPTS: ClassVar[dict[str, str]] = {
+        "pick": _PICK,
+        "count": _COUNT,
+        "drop": _DROP,
+        "cancel": _CANCEL,
+        "deliver": _DELIVER_LUA,
+    }
 
     @contextlib.contextmanager
     def _translated(self, what: str) -> Iterator[None]:
@@ -650,20 +681,34 @@ class RedisHeldStore(HeldStore):
         return [(flat[i].decode("utf-8", "replace"), bytes(flat[i + 1])) for i in range(0, len(flat), 2)]
 
     def held(self, queue: str, limit: int) -> list[HeldJob]:
+        """A record that does not read (anyone may write the database) is listed as it is,
+        with a reason saying so: ``delete --id`` removes it."""
         result = []
         for id, record in self._picked(queue, limit):
-            _, header, body = _record(record)
-            result.append(HeldJob(id, queue, body, header.get("reason"), header.get("held_at")))
+            try:
+                _, header, body = _record(record)
+            except ValueError as exc:
+                result.append(HeldJob(id, queue, record, f"unreadable held record ({exc}): delete it by id", None))
+                continue
+            result.append(HeldJob(id, queue, body, _reason(header.get("reason")), _when(header.get("held_at"))))
         return result
 
     def count(self, queue: str) -> int:
         return int(self._run("count", self._keys(queue), time.time() - KICK_CLAIM_TIMEOUT))
 
     def claim(self, queue: str, limit: int, id: str | None = None) -> list[_HeldRow]:
-        rows = []
+        """Records that do not read are given back at once and skipped (logged): they stay
+        listed by :meth:`held`."""
+        rows, unreadable = [], []
         for held_id, record in self._picked(queue, limit, id or "", claim=True):
-            token, header, body = _record(record)
-            rows.append(_HeldRow(queue, held_id, body, int(header["priority"]), int(header["ttr"]), token))
+            try:
+                token, header, body = _record(record)
+            except ValueError as exc:
+                log.warning("held task %r in %r not kicked: unreadable held record (%s)", held_id, queue, exc)
+                unreadable.append(_HeldRow(queue, held_id, b"", DEFAULT_PRIORITY, DEFAULT_TTR, ""))
+                continue
+            rows.append(_HeldRow(queue, held_id, body, *_order(header.get("priority"), header.get("ttr")), token))
+        self.unclaim(unreadable)
         return rows
 
     def unclaim(self, rows: Sequence[_HeldRow]) -> None:
@@ -709,17 +754,13 @@ class RedisHeldStore(HeldStore):
         return self.prefix.encode() + b"ledger:" + key
 
     def deliver(self, key: bytes) -> tuple[int, int]:
+        """One script: the settlings held back go first; an entry that is not two counts
+        (anyone may write the database) is taken as no entry."""
         unsettled = list(self._unsettled)
-        with self._translated("count a delivery"):
-            pipe = self.redis.pipeline(transaction=True)
-            if unsettled:
-                pipe.delete(*map(self._ledger, unsettled))
-            pipe.hincrby(self._ledger(key), "d", 1)
-            pipe.hget(self._ledger(key), "s")
-            pipe.expire(self._ledger(key), LEDGER_KEEP)
-            deliveries, settled, _ = pipe.execute()[-3:]
+        keys = [self._ledger(key), *map(self._ledger, unsettled)]
+        deliveries, settled = self._run("deliver", keys, LEDGER_KEEP)
         del self._unsettled[: len(unsettled)]
-        return _counts(int(deliveries), int(settled or 0))
+        return _counts(int(deliveries), int(settled))
 
     def flush(self) -> None:
         unsettled = list(self._unsettled)
@@ -748,9 +789,49 @@ def _counts(deliveries: int, settled: int) -> tuple[int, int]:
 
 
 def _record(record: bytes) -> tuple[str, dict[str, Any], bytes]:
-    """(token, header, body) of a held record in Redis."""
-    header, _, body = record[32:].partition(b"\n")
-    return record[:32].decode("ascii"), json.loads(header), body
+    """(token, header, body) of a held record in Redis; ValueError if it does not read."""
+    token, (header, newline, body) = record[:32], record[32:].partition(b"\n")
+    if not re.fullmatch(rb"[0-9a-f]{32}", token) or not newline:
+        raise ValueError("no token and header")
+    try:
+        fields = json.loads(header)
+    except (ValueError, RecursionError) as exc:
+        raise ValueError(f"header: {exc}") from None
+    if not isinstance(fields, dict):
+        raise ValueError("the header is not an object")
+    return token.decode("ascii"), fields, body
+
+
+def _str(value: Any) -> str:
+    """A held row's text column, whatever was written there."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "backslashreplace")
+    return value if isinstance(value, str) else str(value)
+
+
+def _bytes(value: Any) -> bytes:
+    """A held row's body column, whatever was written there."""
+    if isinstance(value, bytes):
+        return value
+    return _str(value).encode("utf-8", "backslashreplace")
+
+
+def _reason(value: Any) -> str | None:
+    return None if value is None else _str(value)
+
+
+def _when(value: Any) -> float | None:
+    """A held time, if it is a finite number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def _order(priority: Any, ttr: Any) -> tuple[int, int]:
+    """(priority, ttr) of a held record; the defaults for a part that is not a whole number in range."""
+    ok_priority = isinstance(priority, int) and not isinstance(priority, bool) and 0 <= priority <= MAX_PRIORITY
+    ok_ttr = isinstance(ttr, int) and not isinstance(ttr, bool) and 1 <= ttr <= MAX_TTR
+    return (priority if ok_priority else DEFAULT_PRIORITY), (ttr if ok_ttr else DEFAULT_TTR)
 
 
 def open_store(url: str, *, connect_timeout: float = CONNECT_TIMEOUT, io_timeout: float = IO_TIMEOUT) -> HeldStore:
@@ -959,8 +1040,10 @@ class GearmanAdapter(Adapter):
     def _job(self, server: _Server, assignment: Assignment, names: Mapping[str, str]) -> Job:
         """The Job for an assignment, its delivery counted in the ledger first.
 
-        If the ledger cannot count it, the job goes back to gearmand (the worker
-        connection is closed) and the store's error is raised: it never runs uncounted.
+        If the store cannot be reached, the job goes back to gearmand (the worker
+        connection is closed) and the error is raised: it never runs uncounted while the
+        store is out. A store that answers but refuses to count runs the job as a first
+        delivery (logged): handing it back would loop it through backoffs for ever.
         """
         unique = assignment.unique
         id = unique.decode("utf-8", "backslashreplace") if unique else assignment.handle.decode("ascii", "replace")
@@ -968,9 +1051,12 @@ class GearmanAdapter(Adapter):
         key = ledger_key(queue, unique, server.address, assignment.handle)
         try:
             deliveries, unfinished = self.store.deliver(key)
-        except LilqueueError as exc:
+        except BackendConnectionError as exc:
             server.worker.close()
             raise BackendConnectionError(f"job {id} handed back: the held store cannot count it: {exc}") from exc
+        except LilqueueError as exc:
+            log.warning("job %s runs uncounted: the held store refused to count its delivery: %s", id, exc)
+            deliveries, unfinished = 1, 0
         priority, ttr = parse_unique(id)
         receipt = _Receipt(server.worker, server.generation, assignment.handle, key)
         return Job(id, queue, assignment.data, priority, ttr, deliveries, receipt, unfinished)
