@@ -16,7 +16,7 @@ import pytest
 from lilqueue.adapters import gearman
 from lilqueue.adapters.gearman import GearmanAdapter, HeldStore, open_store
 from lilqueue.adapters.gearman_protocol import Address, Admin, Connection
-from lilqueue.errors import BackendConnectionError
+from lilqueue.errors import BackendConnectionError, BackendTimeoutError
 from tests.integration.workers import run_cli, wait_until
 from tests.servers import Server, binary, free_port, require_module
 
@@ -354,3 +354,19 @@ def test_held_and_kick_on_garbage_records_from_the_cli(redis_server: Server, gea
     assert kicked.returncode == 0 and "Traceback" not in kicked.stderr, kicked.stderr
     assert store.count(queue) == 1  # still held, not left claimed
     store.close()
+
+
+def test_a_locked_sqlite_store_times_out_within_io_timeout(gearmand: Server, tmp_path: Path) -> None:
+    url = gearman_url(gearmand, f"sqlite:///{tmp_path}/held.db")
+    adapter = GearmanAdapter.from_config(url, {"io_timeout": 0.5})
+    assert adapter.store.count("mail") == 0  # creates the file
+    with contextlib.closing(sqlite3.connect(tmp_path / "held.db", isolation_level=None)) as locker:
+        locker.execute("BEGIN EXCLUSIVE")
+        started = time.monotonic()
+        with pytest.raises(BackendTimeoutError, match="locked"):
+            adapter.store.hold("mail", "t", b"x", 1, 60, "why")
+        assert 0.4 < time.monotonic() - started < 2.0
+        locker.execute("ROLLBACK")
+    adapter.store.hold("mail", "t", b"x", 1, 60, "why")
+    assert adapter.store.count("mail") == 1
+    adapter.close()

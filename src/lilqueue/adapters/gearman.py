@@ -377,10 +377,12 @@ class SqliteHeldStore(HeldStore):
 
     The ledger's writes are not synced to disk one by one (``synchronous=NORMAL``: a
     power cut may forget the last counts); a hold is (``FULL``): the held row is the
-    task's only copy once its Gearman job is completed.
+    task's only copy once its Gearman job is completed. A statement waits for a lock
+    ``busy_timeout`` seconds (the adapter's ``io_timeout``), then raises
+    :class:`BackendTimeoutError`.
     """
 
-    def __init__(self, path: str, *, busy_timeout: float = 30.0) -> None:
+    def __init__(self, path: str, *, busy_timeout: float = IO_TIMEOUT) -> None:
         self.path = path
         self.url = f"sqlite:///{path}"
         self.busy_timeout = busy_timeout
@@ -392,7 +394,11 @@ class SqliteHeldStore(HeldStore):
     def _translated(self, what: str) -> Iterator[None]:
         try:
             yield
-        except (OSError, sqlite3.OperationalError) as exc:  # unreadable, locked, full: may pass
+        except sqlite3.OperationalError as exc:  # locked past busy_timeout, unreadable, full: may pass
+            locked = "locked" in str(exc) or "busy" in str(exc)
+            kind = BackendTimeoutError if locked else BackendConnectionError
+            raise kind(f"Gearman held store {self.path!r}: {what}: {exc}") from exc
+        except OSError as exc:
             raise BackendConnectionError(f"Gearman held store {self.path!r}: {what}: {exc}") from exc
         except (sqlite3.Error, UnicodeError, OverflowError) as exc:
             raise BackendError(f"Gearman held store {self.path!r}: {what}: {exc}") from exc
@@ -844,7 +850,7 @@ def open_store(url: str, *, connect_timeout: float = CONNECT_TIMEOUT, io_timeout
         raise ConfigError(f"{where}: must be a path, sqlite:///PATH or redis://HOST:PORT/DB, not {url!r}")
     scheme, sep, rest = url.partition("://")
     if not sep:
-        return SqliteHeldStore(url)
+        return SqliteHeldStore(url, busy_timeout=io_timeout)
     if scheme.lower() in ("redis", "rediss"):
         return RedisHeldStore(url, connect_timeout=connect_timeout, io_timeout=io_timeout)
     path = unquote(rest.partition("?")[0])
@@ -853,7 +859,7 @@ def open_store(url: str, *, connect_timeout: float = CONNECT_TIMEOUT, io_timeout
             f"{where}: must be a path, sqlite:///relative.db, sqlite:////abs/path.db or redis://HOST:PORT/DB, "
             f"not {url!r}"
         )
-    return SqliteHeldStore(path[1:])
+    return SqliteHeldStore(path[1:], busy_timeout=io_timeout)
 
 
 # -- the adapter ------------------------------------------------------------------------
