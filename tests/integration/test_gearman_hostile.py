@@ -15,7 +15,7 @@ from urllib.parse import quote
 
 import pytest
 
-from lilqueue.adapters.gearman import DELAYED_SUFFIX
+from lilqueue.adapters.gearman import DELAYED_SUFFIX, GearmanAdapter
 from lilqueue.adapters.gearman_protocol import Address, Admin, Command, Connection
 from tests.hostile import CORPUS, check_hostile
 from tests.integration.workers import run_cli
@@ -135,3 +135,25 @@ def test_functions_named_with_newlines_do_not_break_stats(
     stats = run_cli(url, "stats", queue, "--json", app="tests.apps.hostile_app:app")
     assert stats.returncode == 0, stats.stderr
     assert json.loads(stats.stdout)[queue] == {"ready": 1, "delayed": 0, "reserved": 0, "held": 0}
+
+
+def test_a_function_name_that_forges_a_status_line_is_not_believed(gearmand: Server, tmp_path: Path) -> None:
+    """Names that print whole lines for the queue: a prioritystatus line, a status line (both
+    heads, so each listing has the queue once), and a tail ('x<LF>queue', real figures of
+    another function). stats never shows the forged 900: the figures are left out, approximate."""
+    queue = f"forged-{uuid.uuid4().hex[:8]}"
+    other = f"plain-{uuid.uuid4().hex[:8]}"
+    client = Connection(Address("127.0.0.1", gearmand.port))
+    submit(client, queue, b"", b"{}")
+    submit(client, other, b"", b"{}")
+    for i in range(3):
+        submit(client, f"{queue}\t900\t0\t0\t5\ny{i}", b"", b"{}")
+        submit(client, f"{queue}\t900\t0\t5\nx{i}", b"", b"{}")
+    client.close()
+    held = quote(f"sqlite:///{tmp_path}/held.db", safe="")
+    adapter = GearmanAdapter.from_config(f"gearman://127.0.0.1:{gearmand.port}?held_store={held}", {})
+    stats = adapter.stats(queue)
+    assert stats.approximate and stats.ready < 900
+    plain = adapter.stats(other)
+    assert (plain.ready, plain.approximate) == (1, False)
+    adapter.close()

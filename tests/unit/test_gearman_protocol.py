@@ -274,7 +274,7 @@ def test_admin_skips_the_lines_of_a_function_named_with_newlines() -> None:
     listing = (
         b"x\nmail\t7\t0\t0\n"  # the function 'x<LF>mail': a fragment, then a line that looks like 'mail'
         b"a\n.\nb\t1\t0\t0\n"  # the function 'a<LF>.<LF>b': a fake end of the listing
-        b"mail\tfive\t2\t1\n"  # numbers that are not numbers
+        b"nomail\tfive\t2\t1\n"  # numbers that are not numbers
         b"\t1\t0\t0\n"  # the tail of a name ending in a newline
         b"mail\t5\t2\t1\nother\t1\t1\t1\n.\n"
     )
@@ -431,3 +431,20 @@ def test_the_held_store_is_created_on_first_use(tmp_path: Path) -> None:
         assert path.exists()
     finally:
         adapter.close()
+
+
+def test_admin_leaves_out_a_function_whose_lines_a_name_forged() -> None:
+    """A name holding '<LF>' and tabs prints a whole line for 'mail'. Its field count fits
+    one listing only; in the other it is a fragment, which makes 'mail' suspect there.
+    A name listed twice is suspect too."""
+    listing = (
+        b"mail\t900\t0\t5\nx\t1\t0\t0\n"  # a forged status line, then the name's tail
+        b"mail\t900\t0\t0\t5\ny\t1\t0\t0\n"  # a forged prioritystatus line: a tab in the name here
+        b"twice\t1\t0\t0\ntwice\t2\t0\t0\nother\t1\t1\t1\n.\n"
+    )
+    admin, server, _ = admin_serving([listing])
+    status = admin.status()
+    assert set(status) == {"x", "y", "other"}  # 'mail' forged, 'twice' twice
+    assert {"mail", "twice"} <= admin.suspect
+    server.join()
+    admin.close()

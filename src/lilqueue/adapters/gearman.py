@@ -124,6 +124,8 @@ DELAYED_KEEP = 86400
 MAX_TIMEOUT = 86400.0
 _UNIQUE = re.compile(r"[0-9a-f]{32}\.([0-9]{1,10})\.([0-9]{1,10})")
 DELAYED_SUFFIX = "@delayed"
+#: what a server's stats for a queue are when its listings look forged
+_FORGED = (-1,) * 6
 OPTIONS = ("servers", "held_store", "connect_timeout", "io_timeout", "poll_interval")
 _SECONDS = ("connect_timeout", "io_timeout", "poll_interval")
 
@@ -185,6 +187,7 @@ class BandStats:
     delayed: int
     held: int
     servers_down: int = 0
+    forged: int = 0  # servers whose figures for the queue looked forged, left out
 
     @property
     def ready(self) -> int:
@@ -1242,33 +1245,56 @@ class GearmanAdapter(Adapter):
     def band_stats(self, queue: str) -> BandStats:
         """Per band waiting, running and workers from every reachable server, plus delayed and held.
 
-        ``delayed`` counts only the delayed jobs this adapter's held store knows of.
+        ``delayed`` counts only the delayed jobs this adapter's held store knows of. A
+        server whose listings look forged for this queue (see :meth:`_figures`) adds
+        nothing, and counts in ``forged``.
         """
-        high = normal = low = running = workers = delayed = down = 0
-        later = queue + DELAYED_SUFFIX
+        totals = [0] * 6  # high, normal, low, workers, delayed, running
+        down = forged = 0
         for server in self.servers:
-            try:
-                prio = server.admin.priority_status()
-                status = server.admin.status()
-            except BackendConnectionError as exc:
+            figures = self._figures(server, queue)
+            if figures is None:
                 down += 1
-                log.warning("gearmand %s: no stats: %s", server.address, exc)
-                continue
-            if (p := prio.get(queue)) is not None:
-                high, normal, low, workers = high + p.high, normal + p.normal, low + p.low, workers + p.workers
-            if (d := prio.get(later)) is not None:
-                delayed += d.high + d.normal + d.low
-            running += sum(s.running for name, s in status.items() if name in (queue, later))
+            elif figures == _FORGED:
+                forged += 1
+            else:
+                totals = [a + b for a, b in zip(totals, figures, strict=True)]
         if down == len(self.servers):
             raise BackendConnectionError(f"no Gearman server reachable for the stats of {queue!r}")
+        high, normal, low, workers, delayed, running = totals
         delayed = max(delayed - self.store.cancelled_waiting(queue, grace=self.poll_interval + 5), 0)
-        return BandStats(high, normal, low, running, workers, delayed, self.store.count(queue), down)
+        return BandStats(high, normal, low, running, workers, delayed, self.store.count(queue), down, forged)
+
+    @staticmethod
+    def _figures(server: _Server, queue: str) -> tuple[int, int, int, int, int, int] | None:
+        """(high, normal, low, workers, delayed, running) of one server; None if it is down, or
+        if a function name forged a line for the queue: gearmand prints names raw, so a name
+        holding newlines and tabs can print a whole status line. Such a line is left out of
+        one of the two listings at least (see ``gearman_protocol._table``), so a function
+        suspect in either, or listed in one only, is not believed: :data:`_FORGED`."""
+        later = queue + DELAYED_SUFFIX
+        try:
+            prio = server.admin.priority_status()
+            suspect = server.admin.suspect
+            status = server.admin.status()
+        except BackendConnectionError as exc:
+            log.warning("gearmand %s: no stats: %s", server.address, exc)
+            return None
+        if any(n in suspect or n in server.admin.suspect or (n in prio) != (n in status) for n in (queue, later)):
+            log.warning("gearmand %s: stats of %r look forged by a function's name: left out", server.address, queue)
+            return _FORGED
+        p = prio.get(queue)
+        d = prio.get(later)
+        high, normal, low, workers = (p.high, p.normal, p.low, p.workers) if p else (0, 0, 0, 0)
+        delayed = d.high + d.normal + d.low if d else 0
+        running = sum(s.running for name, s in status.items() if name in (queue, later))
+        return high, normal, low, workers, delayed, running
 
     def stats(self, queue: str) -> QueueStats:
         """Ready (waiting in the three bands), delayed (waiting in ``<queue>@delayed``, which
         includes any fallen due but not yet taken), reserved (running) and held."""
         s = self.band_stats(queue)
-        return QueueStats(s.ready, s.delayed, s.running, s.held, approximate=s.servers_down > 0)
+        return QueueStats(s.ready, s.delayed, s.running, s.held, approximate=s.servers_down + s.forged > 0)
 
     def close(self) -> None:
         for server in self.servers:

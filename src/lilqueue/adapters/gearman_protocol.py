@@ -483,6 +483,8 @@ class Admin:
     ) -> None:
         self.conn = Connection(address, connect_timeout=connect_timeout, io_timeout=io_timeout)
         self._buffer = bytearray()
+        #: names whose figures the last ``status`` / ``prioritystatus`` left out as forged
+        self.suspect: frozenset[str] = frozenset()
 
     def close(self) -> None:
         self.conn.close()
@@ -543,12 +545,12 @@ class Admin:
 
     def status(self) -> dict[str, FunctionStatus]:
         """``status``: per function, total (waiting + running), running, workers."""
-        table = _table(self.listing("status"), 3, self.conn.address)
+        table, self.suspect = _table(self.listing("status"), 3, self.conn.address)
         return {name: FunctionStatus(name, *numbers) for name, numbers in table.items()}
 
     def priority_status(self) -> dict[str, PriorityStatus]:
         """``prioritystatus``: per function, jobs waiting in the high, normal and low bands."""
-        table = _table(self.listing("prioritystatus"), 4, self.conn.address)
+        table, self.suspect = _table(self.listing("prioritystatus"), 4, self.conn.address)
         return {name: PriorityStatus(name, *numbers) for name, numbers in table.items()}
 
     def workers(self) -> list[WorkerInfo]:
@@ -583,27 +585,39 @@ def _admin_line(line: str) -> bytes:
     return line.encode("utf-8") + b"\n"
 
 
-def _table(lines: Sequence[str], count: int, address: Address) -> dict[str, tuple[int, ...]]:
-    """``name<TAB>n<TAB>n...`` lines as {name: numbers}.
+def _table(lines: Sequence[str], count: int, address: Address) -> tuple[dict[str, tuple[int, ...]], frozenset[str]]:
+    """``name<TAB>n<TAB>n...`` lines as {name: numbers}, and the names left out as suspect.
 
-    A line that does not parse is part of a function name holding a newline, and so is
-    the first line that parses after it (the name's tail): both are skipped. A name seen
-    twice (a name forging a whole line) keeps its first figures.
+    Function names are printed raw, so a name holding a newline makes lines of its own.
+    A line that does not parse is such a fragment, and so is the first line that parses
+    after it (the name's tail): both are skipped. A line that parses to a name holding a
+    tab is a fragment too. Either makes the line's first field suspect: a fragment that
+    forges ``q<TAB>figures`` has a field count that fits only one of ``status`` and
+    ``prioritystatus``, so it is a fragment in the other. A name seen twice (a forged
+    line and the real one) is suspect. Suspect names get no figures.
     """
     table: dict[str, tuple[int, ...]] = {}
+    suspect: set[str] = set()
     broken = False
     for line in lines:
         name, *fields = line.rsplit("\t", count)
         numbers = _ints(fields, count)
         if numbers is None:
+            suspect.add(line.partition("\t")[0])
             broken = True
         elif broken:
             broken = False
-        elif name not in table:
+        elif "\t" in name:
+            suspect.add(line.partition("\t")[0])
+        elif name in table:
+            suspect.add(name)
+        else:
             table[name] = numbers
+    for name in suspect:
+        table.pop(name, None)
     if len(table) < len(lines):
         log.debug("gearmand %s: skipped %d admin lines of oddly named functions", address, len(lines) - len(table))
-    return table
+    return table, frozenset(suspect)
 
 
 def _ints(fields: Sequence[str], count: int) -> tuple[int, ...] | None:
