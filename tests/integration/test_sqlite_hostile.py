@@ -16,7 +16,7 @@ import pytest
 from lilqueue.adapters.sqlite import READY_AT_ONCE, SQLiteAdapter
 from tests.hostile import check_hostile
 
-from .workers import run_cli
+from .workers import run_cli, spawn, stop, wait_until
 
 QUEUE = "hostile"
 INSERT = "INSERT INTO lilqueue_jobs (queue, body, priority, ttr, due, deliveries, settled) VALUES (?, ?, ?, ?, ?, ?, ?)"
@@ -160,6 +160,122 @@ def test_operating_commands_survive_the_odd_rows(tmp_path: Path) -> None:
     for verb in ("kick", "delete"):
         done = run_cli(url, verb, QUEUE, "--id", str(2**70), app=app)
         assert "Traceback" not in done.stderr and done.returncode != 0, (verb, done.stderr)
+
+
+#: lilqueue's table as another program might have created it first: state and due may be NULL
+NULLABLE_TABLE = """CREATE TABLE lilqueue_jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, queue TEXT NOT NULL, body BLOB NOT NULL,
+    priority INTEGER NOT NULL, ttr INTEGER NOT NULL, state INTEGER DEFAULT 0, due REAL,
+    deliveries INTEGER NOT NULL DEFAULT 0, reason TEXT, held_at REAL, settled INTEGER NOT NULL DEFAULT 0)"""
+FAR_AWAY = 2.0**34 + 1
+#: (state, due, what the hold reason must name): rows no take, count or listing would see
+UNSEEN: list[tuple[object, object, str]] = [
+    (3, READY_AT_ONCE, "state must be 0"),
+    (-1, READY_AT_ONCE, "state must be 0"),
+    (1.5, READY_AT_ONCE, "state must be 0"),
+    ("x", READY_AT_ONCE, "state must be 0"),
+    (b"\x01", 5.0, "state must be 0"),
+    (None, READY_AT_ONCE, "state must be 0"),
+    (2**40, -(2.0**40), "state must be 0"),
+    (1, float("-inf"), "would never lapse"),
+    (1, -1e300, "would never lapse"),
+    (1, -FAR_AWAY, "would never lapse"),
+    (1, float("inf"), "never fall due"),
+    (1, 1e300, "never fall due"),
+    (1, float("nan"), "due must be a number"),  # SQLite stores NaN as NULL
+    (1, None, "due must be a number"),
+    (0, None, "due must be a number"),
+    (0, float("inf"), "never fall due"),
+    (0, FAR_AWAY, "never fall due"),
+    (0, "soon", "due must be a number"),
+]
+
+
+def unseen_rows(db: sqlite3.Connection) -> int:
+    sql = "INSERT INTO lilqueue_jobs (queue, body, priority, ttr, state, due, deliveries) VALUES (?, ?, 1, 30, ?, ?, 1)"
+    db.executemany(sql, [(QUEUE, canary(400 + i), state, due) for i, (state, due, _) in enumerate(UNSEEN)])
+    return len(UNSEEN)
+
+
+def test_rows_in_a_state_or_due_lilqueue_never_writes_are_held_by_a_burst_worker(tmp_path: Path) -> None:
+    path = tmp_path / "queue.db"
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute(NULLABLE_TABLE)
+    SQLiteAdapter(str(path)).close()  # lilqueue adopts the table and adds its indexes
+    extra = unseen_rows(db)
+
+    def put_raw(body: bytes) -> None:
+        db.execute(INSERT, row(body))
+
+    tried, held = check_hostile(f"sqlite:///{path}", QUEUE, put_raw, tmp_path, extra=extra)
+    assert tried == held
+    assert (tmp_path / "canary.log").read_text().splitlines() == ["canary 1 1"]
+    assert db.execute("SELECT COUNT(*) FROM lilqueue_jobs WHERE state IS NOT 2").fetchone() == (0,)
+    db.close()
+    adapter = SQLiteAdapter(str(path))
+    by_body = {h.body: h.reason or "" for h in adapter.held(QUEUE, 10000)}
+    adapter.close()
+    for i, (state, due, says) in enumerate(UNSEEN):
+        assert says in by_body[canary(400 + i)], (state, due, by_body[canary(400 + i)])
+
+
+def test_stats_and_held_count_unseen_rows_without_a_worker(tmp_path: Path) -> None:
+    path = tmp_path / "queue.db"
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute(NULLABLE_TABLE)
+    adapter = SQLiteAdapter(str(path))
+    count = unseen_rows(db)
+    assert adapter.stats(QUEUE).as_dict() == {"ready": 0, "delayed": 0, "reserved": 0, "held": count}
+    assert len(adapter.held(QUEUE, 1000)) == count
+    adapter.put(QUEUE, canary(1), priority=1, delay=0, ttr=30)
+    job = adapter.reserve([QUEUE], 0)
+    assert job is not None and job.body == canary(1)
+    adapter.close()
+    db.close()
+
+
+def test_a_busy_drain_never_hands_out_an_unseen_row(tmp_path: Path) -> None:
+    path = tmp_path / "queue.db"
+    adapter = SQLiteAdapter(str(path))
+    db = sqlite3.connect(path, isolation_level=None)
+    for i in range(200):
+        adapter.put(QUEUE, canary(i), priority=1, delay=0, ttr=30)
+    job = adapter.reserve([QUEUE], 0)  # busy: the next look is TIMED_LOOK away
+    odd = "INSERT INTO lilqueue_jobs (queue, body, priority, ttr, state, due) VALUES (?, x'00', 0, 30, -1, -0.5)"
+    db.execute(odd, (QUEUE,))  # priority 0: first in the take index
+    taken = 0
+    while job is not None:
+        assert job.body != b"\x00", "a row in state -1 was handed out"
+        adapter.delete(job)
+        taken += 1
+        job = adapter.reserve([QUEUE], 0)
+    assert taken == 200
+    (held,) = adapter.held(QUEUE)
+    assert held.body == b"\x00" and "state must be 0" in (held.reason or "")
+    adapter.close()
+    db.close()
+
+
+def test_an_idle_worker_holds_an_unseen_row_and_keeps_running(tmp_path: Path) -> None:
+    path = tmp_path / "queue.db"
+    url = f"sqlite:///{path}"
+    SQLiteAdapter(str(path)).close()
+    log = tmp_path / "canary.log"
+    worker = spawn(url, log, app="tests.apps.hostile_app:app", queues=QUEUE)  # the app's default queue
+    db = sqlite3.connect(path, isolation_level=None)
+    try:
+        time.sleep(1.0)  # idle by now, asleep on the WAL file
+        lease = "INSERT INTO lilqueue_jobs (queue, body, priority, ttr, state, due) VALUES (?, x'00', 0, 30, 1, ?)"
+        db.execute(lease, (QUEUE, float("-inf")))  # a lease that never lapses
+        wait_until(lambda: db.execute("SELECT state FROM lilqueue_jobs").fetchone() == (2,), 10, "the row held")
+        adapter = SQLiteAdapter(str(path))
+        adapter.put(QUEUE, canary(7), priority=1, delay=0, ttr=30)
+        wait_until(lambda: log.exists() and log.read_text() == "canary 7 1\n", 10, "the canary to run")
+        adapter.close()
+    finally:
+        db.close()
+        code, output = stop(worker)
+    assert code == 0 and "Traceback" not in output, output
 
 
 @pytest.mark.parametrize(

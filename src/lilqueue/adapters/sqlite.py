@@ -29,6 +29,14 @@ deliveries never reached one (``Job.unfinished``); an unreserve takes its delive
 Any client may write the table, so rows are read defensively: a body is read as a BLOB
 whatever its type, text as bytes decoded leniently, and a row whose priority, ttr or
 delivery count lilqueue cannot carry is held at once with a reason, never handed out.
+A row lilqueue would never see otherwise is held too, with a reason naming what is wrong:
+a ``state`` other than 0, 1 or 2 (3, -1, 1.5, text, NULL), or a waiting or reserved row
+whose ``due`` is not a number, or lies beyond ``FAR`` (a delay that never falls due, a
+lease that never lapses: +-inf, 1e300). Such rows are in the partial index ``_odd``,
+empty in a healthy file, so finding them is one probe of an empty index; it rides on the
+look for delayed rows (every ``TIMED_LOOK`` seconds while busy, before every "nothing
+ready", and in ``stats``, ``held`` and ``peek``). The take itself only takes states 0
+and 1, so a row with another state is never handed out meanwhile.
 
 The hot path: a delete (the ack) is held back and committed in the same transaction as
 this connection's next reservation, so a busy worker commits once per task, not twice.
@@ -107,6 +115,24 @@ SQLITE_BUSY = 5
 MAX_INT = 2**62
 #: a delivery count above this is not a count (the row was written by hand)
 MAX_DELIVERIES = 2**31
+#: a ``due`` beyond this (either sign; epoch seconds, the year 2514) is no time lilqueue
+#: writes: a delay or a lease is at most ``MAX_SECONDS`` (2**32) from now
+FAR = 2.0**34
+#: the rows lilqueue never writes, which no take or count would see (index ``_odd``). No
+#: ``IN (...)`` list: SQLite evaluates this on every write of ``state`` or ``due``, and a
+#: list there made a drain three times slower; text and blobs compare above every number
+_STATE_ODD = f"state IS NULL OR (state != {WAITING} AND state != {RESERVED} AND state != {HELD})"
+_ODD = f"{_STATE_ODD} OR (state < {HELD} AND (due IS NULL OR due > {FAR!r})) OR (state = {RESERVED} AND due < {-FAR!r})"
+#: why a row of ``_odd`` is held (SQL; text and blobs shown cut to 40 characters)
+_ODD_REASON = (
+    "'rejected: the SQLite row''s ' || CASE "
+    f"WHEN {_STATE_ODD} "
+    "THEN 'state must be 0 (waiting), 1 (reserved) or 2 (held), not ' || substr(quote(state), 1, 40) "
+    "WHEN typeof(due) NOT IN ('integer', 'real') "
+    "THEN 'due must be a number (epoch seconds), not ' || substr(quote(due), 1, 40) "
+    "WHEN due >= 0 THEN 'due ' || quote(due) || ' is beyond any delay: it would never fall due' "
+    "ELSE 'lease (due ' || quote(due) || ') would never lapse' END"
+)
 
 _TABLE = """
 CREATE TABLE IF NOT EXISTS {t} (
@@ -126,13 +152,14 @@ _INDEXES = {
     "ready": f"(queue, priority, id) WHERE state < {HELD} AND due < 0",
     "timed": f"(due) WHERE state < {HELD} AND due >= 0",
     "held": f"(queue, held_at, id) WHERE state = {HELD}",
+    "odd": f"(id) WHERE {_ODD}",
 }
 #: indexes of earlier versions, replaced by ``_ready`` and ``_timed``
 _OLD_INDEXES = ("take", "due", "delayed")
 #: the columns a reservation returns (a body of any type read as bytes)
 _JOB_COLUMNS = "id, queue, CAST(body AS BLOB), priority, ttr, deliveries, settled"
 #: a row in ``_ready`` that may be taken at ``?1`` (now): waiting, or its lease has lapsed
-_TAKEABLE = f"state < {HELD} AND due < 0 AND (state = {WAITING} OR due >= -?1)"
+_TAKEABLE = f"state < {HELD} AND due < 0 AND (state = {WAITING} OR (state = {RESERVED} AND due >= -?1))"
 
 
 class SQLiteAdapter(Adapter):
@@ -179,8 +206,7 @@ class SQLiteAdapter(Adapter):
         self._leased = f"id=? AND state={RESERVED} AND deliveries=?"  # still this worker's lease
         self._unhold = f"state={WAITING}, due={READY_AT_ONCE}, reason=NULL, held_at=NULL, settled=deliveries"
         self._delete_sql = f"DELETE FROM {t} WHERE {self._leased}"
-        timed = f"FROM {t} WHERE state < {HELD} AND due >= 0"
-        self._timed_sql = f"SELECT (SELECT MIN(due) {timed}), (SELECT MAX(due) {timed})"  # _timed's two ends
+        self._timed_sql = _look_statement(t)
         self._promote_sql = f"UPDATE {t} SET due={READY_AT_ONCE} WHERE state < {HELD} AND due >= 0 AND due <= ?"
         self._take_one = _take_statement(t, "?2")
 
@@ -291,21 +317,22 @@ class SQLiteAdapter(Adapter):
         return rows[0] if rows else None
 
     def _next_timed(self) -> float | None:
-        """The epoch time the first delayed row falls due, if any. Rows whose due is text
-        or a blob (another client's) sort after every number: they are held first."""
+        """The epoch time the first delayed row falls due, if any; and the rows of ``_odd``
+        (another client's, that nothing else would see) are held, in the same look."""
         with self._translated:
-            first, last = self.db.execute(self._timed_sql).fetchone()
-        if last is not None and not isinstance(last, int | float):
-            self._hold_odd_dues()
+            first, odd = self.db.execute(self._timed_sql).fetchone()
+        if odd:
+            self._hold_odd()
         return float(first) if isinstance(first, int | float) else None
 
-    def _hold_odd_dues(self) -> None:
-        reason = "'rejected: the SQLite row''s due must be a number (epoch seconds), not ' || quote(due)"
+    def _hold_odd(self) -> None:
+        t = self.table
         sql = (
-            f"UPDATE {self.table} SET state={HELD}, reason={reason}, held_at=?, settled=deliveries "
-            f"WHERE state < {HELD} AND due >= 0 AND due >= ''"
+            f"UPDATE {t} INDEXED BY {t}_odd SET state={HELD}, reason={_ODD_REASON}, held_at=?, "
+            f"settled=ifnull(deliveries, 0) WHERE {_ODD}"
         )
-        log.warning("held %d rows whose due is not a number", self._changed(sql, (time.time(),)))
+        held = self._changed(sql, (time.time(),))
+        log.warning("held %d rows of %s with a state or due lilqueue never writes", held, t)
 
     def _fell_due(self, now: float) -> bool:
         """Whether a delayed row is due by ``now`` (and when to look again)."""
@@ -408,6 +435,7 @@ class SQLiteAdapter(Adapter):
             f"SELECT id, CAST(body AS BLOB), CAST(reason AS BLOB), held_at FROM {self.table} "
             f"WHERE queue=? AND state={HELD} ORDER BY held_at, id LIMIT ?"
         )
+        self._next_timed()  # holds the rows nothing else would see first
         found = []
         for id, body, reason, held_at in self._run(sql, (queue, _clamp(limit))):
             found.append(HeldJob(str(id), queue, body, _text(reason), _number(held_at)))
@@ -416,7 +444,7 @@ class SQLiteAdapter(Adapter):
     def peek(self, queue: str, state: PeekState) -> Peeked | None:
         t = self.table
         now = time.time()
-        if state == "ready" and self._fell_due(now):
+        if self._fell_due(now) and state == "ready":  # the look holds odd rows, whatever the state
             self._run(self._promote_sql, (now,))
         where = {
             "ready": f"{_TAKEABLE} ORDER BY priority, id",
@@ -436,6 +464,7 @@ class SQLiteAdapter(Adapter):
             f"SUM(state = {WAITING} AND due > ?2), SUM(state = {RESERVED} AND -due > ?2), SUM(state = {HELD}) "
             f"FROM {self.table} WHERE queue = ?1"
         )
+        self._next_timed()  # holds the rows no count would see first
         ready, delayed, reserved, held = self._run(sql, (queue, time.time()))[0]
         return QueueStats(ready or 0, delayed or 0, reserved or 0, held or 0)
 
@@ -533,6 +562,13 @@ def _take_statement(table: str, queue: str) -> str:
         f"UPDATE {t} SET state={RESERVED}, due=-(?1 + ttr), deliveries=deliveries+1 "
         f"WHERE id = ({head}) RETURNING {_JOB_COLUMNS}"
     )
+
+
+def _look_statement(table: str) -> str:
+    """Two index probes: the first delayed row's due, and whether ``_odd`` has a row."""
+    t = table
+    timed = f"SELECT MIN(due) FROM {t} WHERE state < {HELD} AND due >= 0"
+    return f"SELECT ({timed}), EXISTS (SELECT 1 FROM {t} INDEXED BY {t}_odd WHERE {_ODD})"
 
 
 def _row_problem(row: Sequence[Any]) -> str | None:
