@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.servers import moto_sqs
+
 from .workers import kill_group
 
 
@@ -23,3 +25,10 @@ def procs() -> Iterator[list[subprocess.Popen[str]]]:
     started: list[subprocess.Popen[str]] = []
     yield started
     kill_group(started)
+
+
+@pytest.fixture(scope="module")
+def endpoint() -> Iterator[str]:
+    """A moto SQS server on a free port for a module's tests (dummy AWS credentials in the environment)."""
+    with moto_sqs() as endpoint:
+        yield endpoint

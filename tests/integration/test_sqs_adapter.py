@@ -19,14 +19,7 @@ from lilqueue.config import load_settings
 from lilqueue.errors import BackendConnectionError, BackendTimeoutError, ConfigError
 from lilqueue.testing import fresh_name, reserve_until
 from tests.integration.workers import run_cli
-from tests.servers import free_port, moto_sqs
-
-
-@pytest.fixture(scope="module")
-def endpoint() -> Iterator[str]:
-    """A moto server on a free port, with dummy credentials in the environment."""
-    with moto_sqs() as endpoint:
-        yield endpoint
+from tests.servers import free_port
 
 
 @pytest.fixture

@@ -13,13 +13,6 @@ import pytest
 from lilqueue.adapters import sqs_poller
 from lilqueue.adapters.sqs import SQSAdapter
 from lilqueue.testing import fresh_name, reserve_until
-from tests.servers import moto_sqs
-
-
-@pytest.fixture(scope="module")
-def endpoint() -> Iterator[str]:
-    with moto_sqs() as endpoint:
-        yield endpoint
 
 
 @pytest.fixture

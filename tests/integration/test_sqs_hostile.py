@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,7 +24,6 @@ from lilqueue.adapters.sqs import SQSAdapter
 from lilqueue.testing import fresh_name
 from tests.hostile import check_hostile
 from tests.integration.workers import run_cli
-from tests.servers import moto_sqs
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
@@ -76,12 +74,6 @@ HOSTILE_ATTRIBUTES: list[tuple[str, Attributes, str]] = [
     ("id of 10,000 characters", {"lilqueue-id": text("x" * 10_000)}, CANARY),
     ("id Binary", {"lilqueue-id": {"DataType": "Binary", "BinaryValue": b"id"}}, CANARY),
 ]
-
-
-@pytest.fixture(scope="module")
-def endpoint() -> Iterator[str]:
-    with moto_sqs() as endpoint:
-        yield endpoint
 
 
 @pytest.fixture

@@ -21,15 +21,8 @@ import pytest
 import lilqueue
 from lilqueue.config import load_settings
 from tests.integration.workers import lines, spawn, stop, wait_until
-from tests.servers import moto_sqs
 
 APP = "tests.apps.sqs_app:app"
-
-
-@pytest.fixture(scope="module")
-def endpoint() -> Iterator[str]:
-    with moto_sqs() as endpoint:
-        yield endpoint
 
 
 @pytest.fixture
