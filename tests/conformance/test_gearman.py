@@ -15,14 +15,6 @@ from tests.servers import Server, binary, free_port, require_module
 
 
 @pytest.fixture(scope="module")
-def gearmand() -> Iterator[Server]:
-    port = free_port()
-    argv = [binary("gearmand"), "--listen=127.0.0.1", f"--port={port}", "--log-file=none", "--threads=2"]
-    with Server(argv, port) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
 def redis_server() -> Iterator[Server]:
     require_module("redis")
     port = free_port()

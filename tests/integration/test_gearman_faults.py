@@ -9,7 +9,6 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
 
@@ -21,17 +20,9 @@ from lilqueue.adapters.gearman_protocol import Address, Connection
 from lilqueue.config import load_settings
 from lilqueue.errors import BackendTimeoutError
 from tests.integration.workers import lines, run_cli, spawn, stop, wait_until
-from tests.servers import Server, binary, free_port
+from tests.servers import Server
 
 APP = "tests.apps.gearman_app:app"
-
-
-@pytest.fixture(scope="module")
-def gearmand() -> Iterator[Server]:
-    port = free_port()
-    argv = [binary("gearmand"), "--listen=127.0.0.1", f"--port={port}", "--log-file=none", "--threads=2"]
-    with Server(argv, port) as server:
-        yield server
 
 
 @pytest.fixture

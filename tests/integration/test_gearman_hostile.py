@@ -22,14 +22,6 @@ from tests.integration.workers import run_cli
 from tests.servers import Server, binary, free_port, require_module
 
 
-@pytest.fixture(scope="module")
-def gearmand() -> Iterator[Server]:
-    port = free_port()
-    argv = [binary("gearmand"), "--listen=127.0.0.1", f"--port={port}", "--log-file=none", "--threads=2"]
-    with Server(argv, port) as server:
-        yield server
-
-
 def envelope(task: str) -> bytes:
     return json.dumps({"v": 1, "id": uuid.uuid4().hex, "task": task, "data": {}, "context": {}}).encode()
 
