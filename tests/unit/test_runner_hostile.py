@@ -275,3 +275,17 @@ def test_our_own_second_signal_still_stops_the_worker(app: lilqueue.App) -> None
     q.send("w")
     with pytest.raises(SystemExit):
         runner.run()
+
+
+@pytest.mark.parametrize("value", ["yes", 1, float("nan")])
+def test_legacy_signatures_must_be_true_or_false(value: object) -> None:
+    with pytest.raises(ConfigError, match="legacy_signatures: must be true or false"):
+        load_settings(env={}, legacy_signatures=value)
+    assert load_settings(env={}, legacy_signatures=False).legacy_signatures is False
+
+
+@pytest.mark.parametrize("text", ["maybe", "1\n0", "\udc80"])
+def test_legacy_signatures_from_the_environment(text: str) -> None:
+    with pytest.raises(ConfigError, match="LILQUEUE_LEGACY_SIGNATURES: must be true or false"):
+        load_settings(env={"LILQUEUE_LEGACY_SIGNATURES": text})
+    assert load_settings(env={"LILQUEUE_LEGACY_SIGNATURES": " Yes "}).legacy_signatures is True
