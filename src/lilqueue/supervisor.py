@@ -48,6 +48,7 @@ RESTART_CAP = 30.0
 HEALTHY_AFTER = 2.0  # a child that ran this long before dying restarts after the shortest pause
 TICK = 0.05
 _SLOT = struct.Struct("d")
+_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 _LABEL = 512  # bytes of a runner's label
 _NOTE = 1024  # bytes of a watchdog note
 _NOTES = 64  # notes kept
@@ -288,7 +289,14 @@ class Supervisor:
 
     def _spawn(self, slot: int) -> None:
         parent = os.getpid()
-        pid = os.fork()
+        # a stop signal must not reach the child while it still has our handler: block
+        # them across the fork; the child looks at what is pending once its own are set
+        signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        try:
+            pid = os.fork()
+        finally:
+            if os.getpid() == parent:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
         if pid == 0:  # pragma: no cover - runs in the child, which never returns
             code = 1
             try:
@@ -307,8 +315,11 @@ class Supervisor:
         from lilqueue.runner import Runner
 
         os.setpgid(0, 0)  # a terminal's Ctrl-C reaches the supervisor, which stops us gently
-        for s in (signal.SIGTERM, signal.SIGINT):
+        for s in _STOP_SIGNALS:
             signal.signal(s, signal.SIG_DFL)
+        if _STOP_SIGNALS & signal.sigpending():  # the supervisor was stopping as we were born
+            return EXIT_DONE
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
         _die_with_parent(parent)
         runners = [
             Runner(
