@@ -32,7 +32,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from lilqueue.errors import BackendConnectionError, ConfigError
 
@@ -288,28 +288,32 @@ class Supervisor:
     # -- a child -----------------------------------------------------------------------
 
     def _spawn(self, slot: int) -> None:
+        """Fork a worker process. Stop signals are blocked across the fork and until the
+        child is one of ``children``: our handler, run then, signals it too; the child
+        looks at what is pending once its own handlers are set."""
         parent = os.getpid()
-        # a stop signal must not reach the child while it still has our handler: block
-        # them across the fork; the child looks at what is pending once its own are set
         signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
         try:
             pid = os.fork()
+            if pid == 0:  # pragma: no cover - runs in the child, which never returns
+                self._be_child(slot, parent)
+            self.children[pid] = slot
+            self.born[slot] = time.monotonic()
         finally:
             if os.getpid() == parent:
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
-        if pid == 0:  # pragma: no cover - runs in the child, which never returns
-            code = 1
-            try:
-                code = self._child(slot, parent)
-            finally:
-                with contextlib.suppress(Exception):
-                    sys.stdout.flush()
-                    sys.stderr.flush()
-                    logging.shutdown()
-                os._exit(code)
-        self.children[pid] = slot
-        self.born[slot] = time.monotonic()
         log.info("started worker process %d", pid, extra={"pid": pid})
+
+    def _be_child(self, slot: int, parent: int) -> NoReturn:  # pragma: no cover - in the child
+        code = 1
+        try:
+            code = self._child(slot, parent)
+        finally:
+            with contextlib.suppress(Exception):
+                sys.stdout.flush()
+                sys.stderr.flush()
+                logging.shutdown()
+            os._exit(code)
 
     def _child(self, slot: int, parent: int) -> int:
         from lilqueue.runner import Runner
