@@ -155,3 +155,20 @@ def full_backlog() -> Iterator[int]:
             filler.connect_ex(("127.0.0.1", port))
         time.sleep(0.05)
         yield port
+
+
+def beanstalkd_server(port: int, *args: str) -> Server:
+    """A beanstalkd of the test's own on ``port`` (``-b DIR`` etc. in ``args``)."""
+    return Server([binary("beanstalkd"), "-l", "127.0.0.1", "-p", str(port), *args], port)
+
+
+def redis_server(port: int, workdir: Path, *args: str) -> Server:
+    """A redis-server of the test's own on ``port``, no snapshots, files in ``workdir``."""
+    argv = [binary("redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+    return Server([*argv, "--dir", str(workdir), *args], port)
+
+
+def gearmand_server(port: int) -> Server:
+    """A gearmand of the test's own on ``port`` (no persistent queue)."""
+    argv = [binary("gearmand"), "--listen=127.0.0.1", f"--port={port}", "--log-file=none", "--threads=2"]
+    return Server(argv, port)

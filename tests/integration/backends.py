@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
 
-from tests.servers import Server, binary, free_port, moto_sqs
+from tests.servers import Server, beanstalkd_server, free_port, gearmand_server, moto_sqs, redis_server
 
 ALL = ("sqlite", "beanstalkd", "redis", "sqs", "gearman")
 
@@ -24,29 +24,17 @@ def backend_url(kind: str, tmp_path: Path) -> Iterator[str]:
             yield f"sqs://us-east-1?endpoint_url={endpoint}&wait=1"
         return
     port = free_port()
-    argv, url = _server(kind, port, tmp_path)
-    with Server(argv, port):
+    server, url = _server(kind, port, tmp_path)
+    with server:
         yield url
 
 
-def _server(kind: str, port: int, tmp_path: Path) -> tuple[list[str], str]:
+def _server(kind: str, port: int, tmp_path: Path) -> tuple[Server, str]:
     if kind == "beanstalkd":
-        return [binary("beanstalkd"), "-l", "127.0.0.1", "-p", str(port)], f"beanstalkd://127.0.0.1:{port}"
+        return beanstalkd_server(port), f"beanstalkd://127.0.0.1:{port}"
     if kind == "redis":
-        argv = [
-            binary("redis-server"),
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--dir",
-            str(tmp_path),
-        ]
-        return argv, f"redis://127.0.0.1:{port}/0"
+        return redis_server(port, tmp_path), f"redis://127.0.0.1:{port}/0"
     if kind == "gearman":
-        argv = [binary("gearmand"), "--listen=127.0.0.1", f"--port={port}", "--log-file=none", "--threads=2"]
         store = quote(f"sqlite:///{tmp_path}/held.db", safe="")
-        return argv, f"gearman://127.0.0.1:{port}?held_store={store}&poll_interval=0.2"
+        return gearmand_server(port), f"gearman://127.0.0.1:{port}?held_store={store}&poll_interval=0.2"
     raise ValueError(f"unknown backend kind {kind!r}")

@@ -18,13 +18,13 @@ import pytest
 from lilqueue.adapters.base import Job
 from lilqueue.adapters.beanstalkd import BeanstalkdAdapter
 from lilqueue.testing import fresh_name, reserve_until
-from tests.servers import Server, binary, free_port
+from tests.servers import beanstalkd_server, free_port
 
 
 @pytest.fixture(scope="module")
 def port() -> Iterator[int]:
     port = free_port()
-    with Server([binary("beanstalkd"), "-l", "127.0.0.1", "-p", str(port)], port):
+    with beanstalkd_server(port):
         yield port
 
 
@@ -217,8 +217,7 @@ def test_a_marker_larger_than_the_counts_left_by_a_restart_is_ignored(tmp_path: 
     the marker written before it no longer fits, and counts never go negative or loop."""
     port = free_port()
     (tmp_path / "binlog").mkdir()
-    argv = [binary("beanstalkd"), "-l", "127.0.0.1", "-p", str(port), "-b", str(tmp_path / "binlog")]
-    with Server(argv, port) as server:
+    with beanstalkd_server(port, "-b", str(tmp_path / "binlog")) as server:
         adapter = BeanstalkdAdapter.from_config(f"beanstalkd://127.0.0.1:{port}", {})
         q = fresh_name("restart")
         adapter.put(q, b"x", priority=1, delay=0, ttr=60)

@@ -18,13 +18,13 @@ from lilqueue.config import load_settings
 from lilqueue.errors import ConfigError
 from lilqueue.testing import fresh_name, reserve_until
 from tests.hostile import check_hostile
-from tests.servers import Server, binary, free_port
+from tests.servers import beanstalkd_server, free_port
 
 
 @pytest.fixture(scope="module")
 def port() -> Iterator[int]:
     port = free_port()
-    with Server([binary("beanstalkd"), "-l", "127.0.0.1", "-p", str(port)], port):
+    with beanstalkd_server(port):
         yield port
 
 

@@ -11,15 +11,13 @@ import redis
 from lilqueue.adapters.base import Job
 from lilqueue.adapters.redis import RedisAdapter
 from lilqueue.testing import fresh_name, reserve_until
-from tests.servers import Server, binary, free_port
+from tests.servers import free_port, redis_server
 
 
 @pytest.fixture(scope="module")
 def port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     port = free_port()
-    workdir = str(tmp_path_factory.mktemp("redis"))
-    argv = [binary("redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", workdir]
-    with Server(argv, port):
+    with redis_server(port, tmp_path_factory.mktemp("redis")):
         yield port
 
 

@@ -18,7 +18,7 @@ from lilqueue.config import load_settings
 from lilqueue.errors import BackendError
 from lilqueue.testing import fresh_name, reserve_until
 from tests.hostile import check_hostile
-from tests.servers import Server, binary, free_port
+from tests.servers import free_port, redis_server
 
 #: task-record fields a foreign client may get wrong, and values no script may trust
 BAD_VALUES = {
@@ -34,9 +34,7 @@ BAD_FIELDS = [(field, value) for field, values in BAD_VALUES.items() for value i
 @pytest.fixture(scope="module")
 def port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     port = free_port()
-    workdir = str(tmp_path_factory.mktemp("redis"))
-    argv = [binary("redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", workdir]
-    with Server(argv, port):
+    with redis_server(port, tmp_path_factory.mktemp("redis")):
         yield port
 
 
